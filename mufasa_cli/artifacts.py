@@ -123,9 +123,20 @@ def stage_writer(stage_dir: Path, *, force: bool) -> Iterator[Path]:
 
 
 def save_tensors(path: Path, tensors: Mapping[str, np.ndarray], metadata: dict | None = None) -> None:
+    """safetensors file; metadata goes under one key as sorted JSON so that the bytes are
+    reproducible (safetensors writes its metadata map in no fixed order)."""
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
-    meta = {k: str(v) for k, v in (metadata or {}).items()}
-    save_file(arrays, str(path), metadata=meta or None)
+    meta = {"mufasa": json.dumps(metadata, sort_keys=True)} if metadata else None
+    save_file(arrays, str(path), metadata=meta)
+
+
+def tensor_metadata(path: Path) -> dict:
+    """The metadata dict given to save_tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata() or {}
+    return json.loads(meta["mufasa"]) if "mufasa" in meta else {}
 
 
 def save_table(path: Path, df: pl.DataFrame) -> None:
@@ -140,9 +151,7 @@ def _describe_outputs(folder: Path) -> dict[str, dict]:
         rel = f.relative_to(folder).as_posix()
         entry: dict[str, Any] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
         if f.suffix == ".safetensors":
-            entry["tensors"] = {
-                k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in load_file(f).items()
-            }
+            entry["tensors"] = {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in load_file(f).items()}
         outputs[rel] = entry
     return outputs
 
@@ -191,8 +200,7 @@ def read_manifest(stage_dir: Path) -> dict:
         raise ArtifactError(f"{path}: not valid JSON ({e})") from None
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
-            f"{path}: format_version {manifest.get('format_version')!r}, "
-            f"this mufasa reads {FORMAT_VERSION}"
+            f"{path}: format_version {manifest.get('format_version')!r}, this mufasa reads {FORMAT_VERSION}"
         )
     return manifest
 
@@ -268,8 +276,7 @@ def load_tensors(
                 want = dims.setdefault(want, got)
             if got != want:
                 raise ArtifactError(
-                    f"{path}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} "
-                    f"with {dims}"
+                    f"{path}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} with {dims}"
                 )
     return tensors
 

@@ -33,16 +33,21 @@ class PrepareConfig:
     cold_items: float = 0.0
     zero_shot_users: int | None = None  # None: the preset's (synthetic) or 0 (real data)
     on_bad_rows: Literal["fail", "skip"] = "fail"
+    min_title_tokens: int = 3  # DESIGN.md: titles shorter than 3 tokens are not title_ok
 
     def __post_init__(self) -> None:
         if self.min_seq_len < 3:
-            raise RecipeError(f"--min-seq-len {self.min_seq_len}: must be at least 3 (train, valid and test need one item each)")
+            raise RecipeError(
+                f"--min-seq-len {self.min_seq_len}: must be at least 3 (train, valid and test need one item each)"
+            )
         if self.max_seq_len is not None and self.max_seq_len < self.min_seq_len:
             raise RecipeError(f"--max-seq-len {self.max_seq_len}: must be at least --min-seq-len {self.min_seq_len}")
         if not 0.0 <= self.cold_items < 1.0:
             raise RecipeError(f"--cold-items {self.cold_items}: must be a fraction in [0, 1)")
         if self.zero_shot_users is not None and self.zero_shot_users < 0:
             raise RecipeError(f"--zero-shot-users {self.zero_shot_users}: must be >= 0")
+        if self.min_title_tokens < 1:
+            raise RecipeError(f"--min-title-tokens {self.min_title_tokens}: must be at least 1")
         if self.on_bad_rows not in ("fail", "skip"):
             raise RecipeError(f"--on-bad-rows {self.on_bad_rows!r}: choose fail or skip")
         if self.text_encoder not in ("minilm", "none", "synthetic"):

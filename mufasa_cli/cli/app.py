@@ -6,7 +6,7 @@ import functools
 import os
 import traceback
 from collections.abc import Callable
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -77,19 +77,19 @@ def main_options(
     _state["debug"] = debug
 
 
-class Preset(str, Enum):
+class Preset(StrEnum):
     tiny = "tiny"
     default = "default"
     large = "large"
 
 
-class TextEncoder(str, Enum):
+class TextEncoder(StrEnum):
     minilm = "minilm"
     none = "none"
     synthetic = "synthetic"
 
 
-class OnBadRows(str, Enum):
+class OnBadRows(StrEnum):
     fail = "fail"
     skip = "skip"
 
@@ -101,22 +101,48 @@ def prepare(
         str,
         typer.Argument(help="synthetic (alias mixed-genre), microlens, movielens, recbole or custom."),
     ] = "synthetic",
-    out: Annotated[Path | None, typer.Option("--out", help="Run folder; data/ is written inside it. [default: runs/DATASET]")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run folder; data/ is written inside it. [default: runs/DATASET]")
+    ] = None,
     source: Annotated[
         list[Path] | None,
-        typer.Option("--source", help="Downloaded files: a folder (or a .inter / schema.yaml file). Repeatable for microlens, first folder wins per kind of file."),
+        typer.Option(
+            "--source",
+            help="Downloaded files: a folder (or a .inter / schema.yaml file). Repeatable for microlens, first folder wins per kind of file.",
+        ),
     ] = None,
-    preset: Annotated[Preset | None, typer.Option(help="synthetic size: tiny (tests), default (quickstart), large (benchmarks). [default: default]")] = None,
+    preset: Annotated[
+        Preset | None,
+        typer.Option(help="synthetic size: tiny (tests), default (quickstart), large (benchmarks). [default: default]"),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for generation and sampling (same seed, same bytes).")] = 0,
     min_seq_len: Annotated[int, typer.Option(help="Drop users with fewer interactions (>= 3).")] = 3,
     max_seq_len: Annotated[int | None, typer.Option(help="Keep each user's most recent N interactions.")] = None,
     text_encoder: Annotated[
         TextEncoder | None,
-        typer.Option(help="Title anchor: minilm (all-MiniLM-L6-v2, offline; needs the 'text' extra), none (title losses off), synthetic (the generator's own vectors). [default: synthetic for synthetic, else minilm when installed]"),
+        typer.Option(
+            help="Title anchor: minilm (all-MiniLM-L6-v2, offline; needs the 'text' extra), none (title losses off), synthetic (the generator's own vectors). [default: synthetic for synthetic, else minilm when installed]"
+        ),
     ] = None,
-    cold_items: Annotated[float, typer.Option(help="Share of items held out as cold: their train interactions are removed, valid/test kept.")] = 0.0,
-    zero_shot_users: Annotated[int | None, typer.Option(help="Users held out of all training; their last 3 interactions are targets. [default: 200 for synthetic, 0 otherwise]")] = None,
-    on_bad_rows: Annotated[OnBadRows, typer.Option(help="fail on the first malformed row, or skip and count them.")] = OnBadRows.fail,
+    cold_items: Annotated[
+        float,
+        typer.Option(help="Share of items held out as cold: their train interactions are removed, valid/test kept."),
+    ] = 0.0,
+    zero_shot_users: Annotated[
+        int | None,
+        typer.Option(
+            help="Users held out of all training; their last 3 interactions are targets. [default: 200 for synthetic, 0 otherwise]"
+        ),
+    ] = None,
+    on_bad_rows: Annotated[
+        OnBadRows, typer.Option(help="fail on the first malformed row, or skip and count them.")
+    ] = OnBadRows.fail,
+    min_title_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Titles with fewer word tokens are not title_ok (kept out of the title losses); short movie titles may want 1."
+        ),
+    ] = 3,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/data.")] = False,
 ) -> None:
     """Read a dataset, split it, embed titles, and write RUN/data/ (items, interactions, users, features)."""
@@ -138,6 +164,7 @@ def prepare(
         cold_items=cold_items,
         zero_shot_users=zero_shot_users,
         on_bad_rows=on_bad_rows.value,
+        min_title_tokens=min_title_tokens,
     )
     run_dir = out if out is not None else Path("runs") / name
     with render.progress() as on_progress:

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 out = Console()
@@ -14,16 +22,17 @@ err = Console(stderr=True)
 
 
 def error_line(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 def warning_line(message: str) -> None:
-    err.print(f"[yellow]warning:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    err.print(f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
-def progress() -> Iterator[callable]:
-    """Yield on_progress(task, done, total); one bar per task name, on stderr."""
+def progress() -> Iterator[Callable[[str, int, int], None]]:
+    """Yield on_progress(task, done, total): one bar per task name, on stderr, started on the
+    first report (so a stage that fails early prints nothing but its error)."""
     bars = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -36,12 +45,17 @@ def progress() -> Iterator[callable]:
     tasks: dict[str, int] = {}
 
     def on_progress(name: str, done: int, total: int) -> None:
+        if not tasks:
+            bars.start()
         if name not in tasks:
             tasks[name] = bars.add_task(name, total=total)
         bars.update(tasks[name], completed=done, total=total)
 
-    with bars:
+    try:
         yield on_progress
+    finally:
+        if tasks:
+            bars.stop()
 
 
 def _int(n: object) -> str:
@@ -72,7 +86,9 @@ def prepare_summary(dataset: str, counts: Mapping, manifest: Mapping) -> None:
     for m in modalities:
         cov.add_column(m, justify="right")
     for genre, per in coverage.items():
-        cov.add_row(genre, _int(counts["items_by_genre"][genre]), *[f"{100 * per.get(m, 0.0):.0f}%" for m in modalities])
+        cov.add_row(
+            genre, _int(counts["items_by_genre"][genre]), *[f"{100 * per.get(m, 0.0):.0f}%" for m in modalities]
+        )
     cov.add_row("[dim]dimension[/]", "", *[f"[dim]{dims.get(m, '?')}[/]" for m in modalities])
     out.print(cov)
 
@@ -86,9 +102,20 @@ def prepare_summary(dataset: str, counts: Mapping, manifest: Mapping) -> None:
         "interactions: train / valid / test / zero-shot history",
         " / ".join(_int(splits[s]) for s in ("train", "valid", "test", "history")),
     )
-    sp.add_row("title anchor", f"{manifest['title_encoder']} ({manifest['title_dim']}d)" if manifest["title_dim"] else "none: MFL title losses off")
-    sp.add_row("titles present / title_ok", f"{100 * counts['titles_present_share']:.1f}% / {100 * counts['title_ok_share']:.1f}%")
-    sp.add_row("cold items (no train interaction) / planted", f"{_int(counts['cold_items'])} / {_int(counts['cold_items_planted'])}")
+    sp.add_row(
+        "title anchor",
+        f"{manifest['title_encoder']} ({manifest['title_dim']}d)"
+        if manifest["title_dim"]
+        else "none: MFL title losses off",
+    )
+    sp.add_row(
+        "titles present / title_ok",
+        f"{100 * counts['titles_present_share']:.1f}% / {100 * counts['title_ok_share']:.1f}%",
+    )
+    sp.add_row(
+        "cold items (no train interaction) / planted",
+        f"{_int(counts['cold_items'])} / {_int(counts['cold_items_planted'])}",
+    )
     for key, label in (
         ("duplicates_dropped", "exact duplicate rows dropped"),
         ("short_users_dropped", "users below --min-seq-len dropped"),
@@ -102,6 +129,9 @@ def prepare_summary(dataset: str, counts: Mapping, manifest: Mapping) -> None:
             sp.add_row(label, _int(counts[key]))
     for key, value in counts.items():
         if key.endswith("_rejected_title_mismatch") and value:
-            sp.add_row(f"{key.removesuffix('_rows_rejected_title_mismatch')} rows not joined: titles disagree across files", _int(value))
+            sp.add_row(
+                f"{key.removesuffix('_rows_rejected_title_mismatch')} rows not joined: titles disagree across files",
+                _int(value),
+            )
     sp.add_row("wall time", f"{manifest['wall_time_s']:.1f} s")
     out.print(sp)

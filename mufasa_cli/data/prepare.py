@@ -22,9 +22,9 @@ import polars as pl
 from mufasa_cli import artifacts
 from mufasa_cli.config import PrepareConfig
 from mufasa_cli.data import schema
-from mufasa_cli.data.sources.base import BadRows, RawDataset
 from mufasa_cli.data.sources import check_flags, load_source
-from mufasa_cli.data.text import MiniLMEncoder, text_extra_installed, title_quality
+from mufasa_cli.data.sources.base import BadRows, RawDataset
+from mufasa_cli.data.text import MiniLMEncoder, require_text_extra, text_extra_installed, title_quality
 from mufasa_cli.errors import DataSchemaError, RecipeError
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
@@ -75,7 +75,11 @@ def _assign_splits(inter: pl.DataFrame) -> pl.DataFrame:
     inter = inter.with_columns(pos=pos, _n=n)
     split = (
         pl.when(pl.col("role") == "zero_shot")
-        .then(pl.when(pl.col("pos") >= pl.col("_n") - schema.ZERO_SHOT_TARGETS).then(pl.lit("test")).otherwise(pl.lit("history")))
+        .then(
+            pl.when(pl.col("pos") >= pl.col("_n") - schema.ZERO_SHOT_TARGETS)
+            .then(pl.lit("test"))
+            .otherwise(pl.lit("history"))
+        )
         .when(pl.col("pos") == pl.col("_n") - 1)
         .then(pl.lit("test"))
         .when(pl.col("pos") == pl.col("_n") - 2)
@@ -133,7 +137,7 @@ def build(
     else:
         want = cfg.zero_shot_users or 0
         eligible = _natural_order(lengths.filter(pl.col("len") > schema.ZERO_SHOT_TARGETS)["raw_user"])
-        if want > len(eligible) - 1:
+        if want and want > len(eligible) - 1:
             raise RecipeError(
                 f"--zero-shot-users {want}: only {len(eligible)} users have more than "
                 f"{schema.ZERO_SHOT_TARGETS} interactions and some must stay for training"
@@ -148,7 +152,9 @@ def build(
     planted: set[str] = set()
     if cfg.cold_items > 0:
         n_items = inter["raw_item"].n_unique()
-        eligible = _natural_order(inter.filter(pl.col("split").is_in(["valid", "test"]) & (pl.col("role") == "train"))["raw_item"])
+        eligible = _natural_order(
+            inter.filter(pl.col("split").is_in(["valid", "test"]) & (pl.col("role") == "train"))["raw_item"]
+        )
         k = min(round(cfg.cold_items * n_items), len(eligible))
         planted = set(rng.choice(eligible.to_numpy(), k, replace=False).tolist())
         inter = inter.filter(~((pl.col("split") == "train") & pl.col("raw_item").is_in(list(planted))))
@@ -177,14 +183,16 @@ def build(
 
     # items table
     item_side = raw.items.unique(subset=["raw_item"], keep="first", maintain_order=True)
-    counts["item_rows_without_interactions"] = item_side.filter(~pl.col("raw_item").is_in(item_ids["raw_id"].implode())).height
+    counts["item_rows_without_interactions"] = item_side.filter(
+        ~pl.col("raw_item").is_in(item_ids["raw_id"].implode())
+    ).height
     counts["items_without_item_rows"] = item_ids.filter(~pl.col("raw_id").is_in(item_side["raw_item"].implode())).height
     items = item_ids.join(item_side, left_on="raw_id", right_on="raw_item", how="left").sort("item")
     items = items.with_columns(pl.col("genre").fill_null(raw.genres[0]))
     genres = list(raw.genres) + sorted(set(items["genre"].to_list()) - set(raw.genres))
     trained = inter.filter(pl.col("split") == "train")["item"].unique()
     items = items.with_columns(
-        title_ok=pl.Series(title_quality(items["title"].to_list())),
+        title_ok=pl.Series(title_quality(items["title"].to_list(), cfg.min_title_tokens)),
         is_cold=~pl.col("item").is_in(trained.implode()),
     )
     first = ["item", "raw_id", "title", "genre", "category", "title_ok", "is_cold"]
@@ -307,16 +315,20 @@ def resolve_text_encoder(dataset: str, requested: str | None) -> tuple[str, str 
     )
 
 
-def run(cfg: PrepareConfig, run_dir: Path, *, force: bool, on_progress: Progress | None = None) -> tuple[dict, Prepared]:
+def run(
+    cfg: PrepareConfig, run_dir: Path, *, force: bool, on_progress: Progress | None = None
+) -> tuple[dict, Prepared]:
     """The whole stage: load the source, build, write RUN/data atomically."""
     started = time.perf_counter()
     out_dir = run_dir / "data"
     artifacts.check_writable(out_dir, force)
     check_flags(cfg)
     bad = BadRows(cfg.on_bad_rows)
-    encoder = MiniLMEncoder() if cfg.text_encoder == "minilm" else None
+    if cfg.text_encoder == "minilm":
+        require_text_extra()  # fail before reading anything
     cb = (lambda d, t: on_progress("generating users", d, t)) if on_progress else None
     raw = load_source(cfg, bad, cb)
+    encoder = MiniLMEncoder() if cfg.text_encoder == "minilm" else None
     prepared = build(raw, cfg, bad, encoder, on_progress)
     manifest = write(prepared, out_dir, cfg, raw, force, started)
     return manifest, prepared

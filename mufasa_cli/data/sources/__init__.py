@@ -35,7 +35,9 @@ def load_source(cfg: PrepareConfig, bad: BadRows, on_progress: Callable[[int, in
     sources = [Path(s) for s in cfg.sources]
     match cfg.dataset:
         case "synthetic":
-            return synthetic.generate(synthetic.preset_config(cfg.preset or "default", cfg.zero_shot_users), cfg.seed, on_progress)
+            return synthetic.generate(
+                synthetic.preset_config(cfg.preset or "default", cfg.zero_shot_users), cfg.seed, on_progress
+            )
         case "microlens":
             return microlens.load(sources, bad)
         case "movielens":

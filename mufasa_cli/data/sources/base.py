@@ -201,8 +201,7 @@ def load_feature_files(named_paths: list[tuple[str, Path]], bad: BadRows) -> dic
         for path, _, emb in chunks[1:]:
             if emb.shape[1] != dim:
                 raise DataSchemaError(
-                    f"{path}: modality {name!r} has dimension {emb.shape[1]} here but "
-                    f"{dim} in {chunks[0][0]}"
+                    f"{path}: modality {name!r} has dimension {emb.shape[1]} here but {dim} in {chunks[0][0]}"
                 )
         keep_ids: list[str] = []
         keep_rows: list[np.ndarray] = []
@@ -280,7 +279,9 @@ def read_header_table(
     return out
 
 
-def timestamps_or_order(values: list[str] | None, n: int, path: Path, bad: BadRows, lines: list[int] | None = None) -> tuple[list[float], list[bool]]:
+def timestamps_or_order(
+    values: list[str] | None, n: int, path: Path, bad: BadRows, lines: list[int] | None = None
+) -> tuple[list[float], list[bool]]:
     """Parsed timestamps (unparsable ones are bad rows), or file order when there are none."""
     if values is None:
         return [float(i) for i in range(n)], [True] * n

@@ -109,7 +109,12 @@ def load(source: Path, bad: BadRows) -> RawDataset:
             return [v or default for v in t[st[key]]] if key in st else [default] * m
 
         items = pl.DataFrame(
-            {"raw_item": t[st["item"]], "title": col("title", None), "genre": col("genre", DEFAULT_GENRE), "category": col("category", None)},
+            {
+                "raw_item": t[st["item"]],
+                "title": col("title", None),
+                "genre": col("genre", DEFAULT_GENRE),
+                "category": col("category", None),
+            },
             schema={"raw_item": pl.String, "title": pl.String, "genre": pl.String, "category": pl.String},
         )
         genres = sorted(set(items["genre"].to_list())) or genres

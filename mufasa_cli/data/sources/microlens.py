@@ -85,7 +85,9 @@ def _read_titles(path: Path, bad: BadRows) -> dict[str, str]:
     text = read_text(path)
     titles: dict[str, str] = {}
     if path.name.endswith("_title_en.csv"):
-        rows = ((line, line_text.split(",", 1)) for line, line_text in enumerate(text.splitlines(), 1) if line_text.strip())
+        rows = (
+            (line, line_text.split(",", 1)) for line, line_text in enumerate(text.splitlines(), 1) if line_text.strip()
+        )
     else:
         rows = iter_csv(text)
     for line, fields in rows:

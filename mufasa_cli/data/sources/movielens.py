@@ -28,9 +28,25 @@ from mufasa_cli.errors import DataSchemaError
 
 GENRE = "movie"
 ML100K_GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
-    "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
-    "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 )
 _YEAR_IN_TITLE = re.compile(r"\s*\((\d{4})\)\s*$")
 _YEAR_IN_DATE = re.compile(r"(\d{4})\s*$")
@@ -103,7 +119,12 @@ def load(folder: Path, bad: BadRows) -> RawDataset:
     interactions = _ratings(ratings_path, sep, bad)
     ids, titles, genres, years = reader(movies_path, bad)
     items = pl.DataFrame(
-        {"raw_item": ids, "title": titles, "genre": [GENRE] * len(ids), "category": ["|".join(g) or None for g in genres]},
+        {
+            "raw_item": ids,
+            "title": titles,
+            "genre": [GENRE] * len(ids),
+            "category": ["|".join(g) or None for g in genres],
+        },
         schema={"raw_item": pl.String, "title": pl.String, "genre": pl.String, "category": pl.String},
     )
     return RawDataset(
@@ -115,7 +136,9 @@ def load(folder: Path, bad: BadRows) -> RawDataset:
     )
 
 
-def movie_modalities(ids: list[str], genres: list[list[str]], years: list[float | None], source: str) -> dict[str, RawModality]:
+def movie_modalities(
+    ids: list[str], genres: list[list[str]], years: list[float | None], source: str
+) -> dict[str, RawModality]:
     """`category` (multi-hot genres) and `year` modalities, shared with the RecBole reader."""
     out: dict[str, RawModality] = {}
     with_genre = [i for i, g in enumerate(genres) if g]
@@ -124,5 +147,7 @@ def movie_modalities(ids: list[str], genres: list[list[str]], years: list[float 
         out["category"] = RawModality([ids[i] for i in with_genre], hot, source)
     with_year = [i for i, y in enumerate(years) if y is not None]
     if with_year:
-        out["year"] = RawModality([ids[i] for i in with_year], year_features(np.array([years[i] for i in with_year])), source)
+        out["year"] = RawModality(
+            [ids[i] for i in with_year], year_features(np.array([years[i] for i in with_year])), source
+        )
     return out

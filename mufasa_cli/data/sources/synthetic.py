@@ -29,7 +29,8 @@ import numpy as np
 import polars as pl
 
 from mufasa_cli.data.sources.base import RawDataset, RawModality
-from mufasa_cli.data.sources.vocab import ADJECTIVES, GENRE_TEMPLATES, TOPICS, VAGUE_TITLES
+from mufasa_cli.data.sources.vocab import ADJECTIVES, DETAILS, GENRE_TEMPLATES, TOPICS, VAGUE_TITLES
+from mufasa_cli.data.text import MAX_TITLE_SHARED
 
 GENRES = ("post", "news", "micro_video")
 GENRE_SHARE = (0.35, 0.25, 0.40)
@@ -85,16 +86,32 @@ class SyntheticConfig:
 
 PRESETS: dict[str, SyntheticConfig] = {
     "tiny": SyntheticConfig(
-        num_topics=6, num_subtopics=3, num_items=240, num_users=48, num_zero_shot_users=12,
-        min_len=24, max_len=40,
+        num_topics=6,
+        num_subtopics=3,
+        num_items=240,
+        num_users=48,
+        num_zero_shot_users=12,
+        min_len=24,
+        max_len=40,
     ),
     "default": SyntheticConfig(
-        num_topics=24, num_subtopics=4, num_items=6000, num_users=1500, num_zero_shot_users=200,
-        min_len=150, max_len=260,
+        num_topics=24,
+        num_subtopics=4,
+        num_items=6000,
+        num_users=1500,
+        num_zero_shot_users=200,
+        min_len=150,
+        max_len=260,
     ),
     "large": SyntheticConfig(
-        num_topics=32, num_subtopics=6, num_items=40000, num_users=2000, num_zero_shot_users=200,
-        min_len=1000, max_len=1600, mean_block_len=8.0,
+        num_topics=32,
+        num_subtopics=6,
+        num_items=40000,
+        num_users=2000,
+        num_zero_shot_users=200,
+        min_len=1000,
+        max_len=1600,
+        mean_block_len=8.0,
     ),
 }
 
@@ -166,25 +183,32 @@ def _make_titles(
     vectors = cat.latent @ proj + cfg.title_noise * rng.standard_normal((N, cfg.title_dim))
     vague_vectors = rng.standard_normal((len(VAGUE_TITLES), cfg.title_dim))
     u = rng.random(N)
-    kind = np.where(u < cfg.p_missing_title, "missing",
-                    np.where(u < cfg.p_missing_title + cfg.p_vague_title, "vague", "ok"))
+    kind = np.where(
+        u < cfg.p_missing_title, "missing", np.where(u < cfg.p_missing_title + cfg.p_vague_title, "vague", "ok")
+    )
     titles: list[str | None] = []
+    pool = max(1, min(len(VAGUE_TITLES), int((kind == "vague").sum()) // MAX_TITLE_SHARED))
+    n_vague_seen = 0
     for i in range(N):
         if kind[i] == "missing":
             titles.append(None)
             continue
-        if kind[i] == "vague":
-            k = int(rng.integers(len(VAGUE_TITLES)))
+        if kind[i] == "vague":  # round-robin over a pool small enough that each is shared
+            k = n_vague_seen % pool
+            n_vague_seen += 1
             titles.append(VAGUE_TITLES[k])
             vectors[i] = vague_vectors[k] + 0.05 * rng.standard_normal(cfg.title_dim)
             continue
         _, subs, nouns = TOPICS[cat.topic[i]]
         templates = GENRE_TEMPLATES[GENRES[cat.genre[i]]]
-        titles.append(templates[int(rng.integers(len(templates)))].format(
-            sub=subs[cat.subtopic[i]],
-            noun=nouns[int(rng.integers(len(nouns)))],
-            adj=ADJECTIVES[int(rng.integers(len(ADJECTIVES)))],
-        ))
+        titles.append(
+            templates[int(rng.integers(len(templates)))].format(
+                sub=subs[cat.subtopic[i]],
+                noun=nouns[int(rng.integers(len(nouns)))],
+                adj=ADJECTIVES[int(rng.integers(len(ADJECTIVES)))],
+                detail=DETAILS[int(rng.integers(len(DETAILS)))],
+            )
+        )
     vectors[kind == "missing"] = 0.0
     return titles, _unit_rows(vectors).astype(np.float32), kind != "missing", list(kind)
 
@@ -282,9 +306,7 @@ def _make_sequence(
 # ---------------------------------------------------------------- source
 
 
-def generate(
-    cfg: SyntheticConfig, seed: int, on_progress: Callable[[int, int], None] | None = None
-) -> RawDataset:
+def generate(cfg: SyntheticConfig, seed: int, on_progress: Callable[[int, int], None] | None = None) -> RawDataset:
     rng = np.random.default_rng(seed)
     cat = _make_catalogue(cfg, rng)
     titles, title_vecs, has_title, title_kind = _make_titles(cfg, cat, rng)
@@ -292,24 +314,27 @@ def generate(
     N = cfg.num_items
     raw_items = [f"i{i:06d}" for i in range(N)]
     topic_names = [TOPICS[t][0] for t in range(cfg.num_topics)]
-    items = pl.DataFrame({
-        "raw_item": raw_items,
-        "title": titles,
-        "genre": [GENRES[g] for g in cat.genre],
-        "category": [topic_names[c] if present["category"][i] else None for i, c in enumerate(category)],
-        # ground truth, for diagnostics (cross-genre same-topic retrieval) and tests
-        "topic": cat.topic.astype(np.int64),
-        "subtopic": cat.subtopic.astype(np.int64),
-        "title_kind": title_kind,
-        "conflict_modality": pl.Series(conflict, dtype=pl.String),
-        "missing_modality": pl.Series(missing, dtype=pl.String),
-    }, schema_overrides={"title": pl.String, "category": pl.String})
+    items = pl.DataFrame(
+        {
+            "raw_item": raw_items,
+            "title": titles,
+            "genre": [GENRES[g] for g in cat.genre],
+            "category": [topic_names[c] if present["category"][i] else None for i, c in enumerate(category)],
+            # ground truth, for diagnostics (cross-genre same-topic retrieval) and tests
+            "topic": cat.topic.astype(np.int64),
+            "subtopic": cat.subtopic.astype(np.int64),
+            "title_kind": title_kind,
+            "conflict_modality": pl.Series(conflict, dtype=pl.String),
+            "missing_modality": pl.Series(missing, dtype=pl.String),
+        },
+        schema_overrides={"title": pl.String, "category": pl.String},
+    )
 
     def keyed(mask: np.ndarray, matrix: np.ndarray, name: str) -> RawModality:
         idx = np.flatnonzero(mask)
         return RawModality([raw_items[i] for i in idx], matrix[idx], f"synthetic:{name}")
 
-    modalities = {"title": keyed(has_title, title_vecs, "title")}
+    modalities = {}  # the title modality is the anchor itself, added by prepare when one is used
     for m in ("image", "frames", "audio", "subtitles", "category"):
         modalities[m] = keyed(present[m], values[m], m)
 
@@ -324,12 +349,14 @@ def generate(
         time_col.extend(times)
         if on_progress is not None:
             on_progress(u + 1, num_users)
-    interactions = pl.DataFrame({
-        "raw_user": users,
-        "raw_item": item_col,
-        "timestamp": pl.Series(time_col, dtype=pl.Float64),
-        "block": pl.Series(block_col, dtype=pl.Int64),  # ground-truth interest block
-    })
+    interactions = pl.DataFrame(
+        {
+            "raw_user": users,
+            "raw_item": item_col,
+            "timestamp": pl.Series(time_col, dtype=pl.Float64),
+            "block": pl.Series(block_col, dtype=pl.Int64),  # ground-truth interest block
+        }
+    )
     zero_shot = [f"u{u:06d}" for u in range(cfg.num_users, num_users)]
     return RawDataset(
         interactions=interactions,

@@ -1,0 +1,48 @@
+"""Shared fixtures: a CLI runner, the real data folder, and small file builders."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mufasa_cli.cli.app import app
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def invoke(*args: str):
+    """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr, output)."""
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A prepared `synthetic --preset tiny` run, shared read-only by tests."""
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    result = invoke("prepare", "synthetic", "--preset", "tiny", "--out", run)
+    assert result.exit_code == 0, result.output
+    return run
