@@ -46,6 +46,12 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_path(path: Path) -> None:
     """fsync a file or a directory (directory fsync makes renames inside it durable)."""
     flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
@@ -65,6 +71,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
         _fsync_path(path.parent)
     except BaseException:
@@ -99,7 +106,9 @@ def stage_writer(stage_dir: Path, *, force: bool) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{stage_dir.name}.tmp-", dir=stage_dir.parent))
     try:
         yield tmp
-        for f in tmp.rglob("*"):
+        mask = _umask()  # temp files and folders are private; the stage gets normal permissions
+        for f in [tmp, *tmp.rglob("*")]:
+            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
             if f.is_file():
                 _fsync_path(f)
         _fsync_path(tmp)
