@@ -57,3 +57,156 @@ class PrepareConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# ---------------------------------------------------------------- training stages
+
+
+def _positive(obj: object, *names: str) -> None:
+    for n in names:
+        if getattr(obj, n) <= 0:
+            raise RecipeError(f"{n} must be > 0, got {getattr(obj, n)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The shared training loop (runtime/loop.py): AdamW, warmup + cosine, clipping, early stop."""
+
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.05  # share of all steps spent warming up
+    min_lr_frac: float = 0.05  # cosine decays to lr * min_lr_frac
+    grad_clip: float = 1.0
+    patience: int = 5  # evaluations without improvement before stopping
+    eval_every: int = 1  # epochs between validations
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "batch_size", "lr", "patience", "eval_every")
+        if not 0 <= self.warmup_frac < 1 or not 0 <= self.min_lr_frac <= 1:
+            raise RecipeError("warmup_frac must be in [0, 1) and min_lr_frac in [0, 1]")
+
+
+@dataclass(frozen=True)
+class LightGCNConfig:
+    dim: int = 64
+    num_layers: int = 3
+    reg: float = 1e-4  # L2 on the batch's layer-0 embeddings (the LightGCN paper's lambda)
+    train: TrainConfig = TrainConfig(
+        epochs=30, batch_size=16384, lr=2e-2, weight_decay=0.0, warmup_frac=0.0, patience=2, eval_every=5
+    )
+
+    def __post_init__(self) -> None:
+        _positive(self, "dim", "num_layers")
+
+
+LOSS_NAMES = ("title", "cf", "cons", "fuscl")
+
+
+@dataclass(frozen=True)
+class MFLConfig:
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    dropout: float = 0.0  # CPU dropout costs a quarter of a step; the contrastive losses regularise
+    tau: float = 0.1  # temperature of eqs. 1 and 4
+    sigma: float = 0.05  # std of the Gaussian perturbation of eq. 4
+    loss_weights: tuple[float, float, float, float] = (0.5, 0.25, 0.15, 0.1)  # title, cf, cons, fus-cl (eq. 5)
+    without: tuple[str, ...] = ()  # losses switched off (ablations)
+    modality_dropout: float = 0.0  # drop each present modality with this probability while training
+    val_fraction: float = 0.1  # items held out of gradient steps; their MFL loss is the early-stop signal
+    # CF targets of eq. 2 are rescaled (one global factor, geometry kept) to this mean norm, so that
+    # L_cf weighs the same whatever LightGCN's embedding norms; 0 keeps LightGCN's raw scale.
+    cf_norm: float = 2.0
+    train: TrainConfig = TrainConfig(epochs=40, batch_size=256, lr=2e-3)
+
+    def __post_init__(self) -> None:
+        _positive(self, "d_model", "num_layers", "num_heads", "tau")
+        if self.d_model % self.num_heads:
+            raise RecipeError(f"d_model {self.d_model} must be divisible by num_heads {self.num_heads}")
+        if len(self.loss_weights) != 4 or any(w < 0 for w in self.loss_weights):
+            raise RecipeError(f"loss_weights {self.loss_weights}: need four weights >= 0 (title, cf, cons, fuscl)")
+        bad = [w for w in self.without if w not in LOSS_NAMES]
+        if bad:
+            raise RecipeError(f"--without {bad[0]!r}: choose from {', '.join(LOSS_NAMES)}")
+        if not 0 <= self.modality_dropout < 1 or not 0 < self.val_fraction < 0.5 or self.sigma < 0 or self.cf_norm < 0:
+            raise RecipeError("modality_dropout must be in [0, 1), val_fraction in (0, 0.5), sigma and cf_norm >= 0")
+
+    def weight(self, name: str) -> float:
+        return 0.0 if name in self.without else self.loss_weights[LOSS_NAMES.index(name)]
+
+
+@dataclass(frozen=True)
+class FuseConfig:
+    cf: LightGCNConfig = LightGCNConfig()
+    mfl: MFLConfig = MFLConfig()
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a recipe file may set, one section per stage."""
+
+    fuse: FuseConfig = FuseConfig()
+
+
+def _merge(base, values: object, where: str):
+    """`base` (a frozen dataclass) with the mapping's values replacing its fields, recursively;
+    unknown keys and wrong types are refused, naming where they are."""
+    import dataclasses
+    import typing
+
+    if not isinstance(values, dict):
+        raise RecipeError(f"{where}: expected a mapping, got {type(values).__name__}")
+    cls = type(base)
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise RecipeError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(fields)})")
+    changes = {}
+    for key, value in values.items():
+        at = f"{where}.{key}"
+        current = getattr(base, key)
+        changes[key] = (
+            _merge(current, value, at) if dataclasses.is_dataclass(current) else _coerce(hints[key], value, at)
+        )
+    return dataclasses.replace(base, **changes)
+
+
+def _coerce(hint, value, where: str):
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise RecipeError(f"{where}: expected a list, got {value!r}")
+        inner = args[0]
+        if args[-1] is not Ellipsis and len(value) != len(args):
+            raise RecipeError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(inner, v, where) for v in value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint in (str, bool) and isinstance(value, hint):
+        return value
+    raise RecipeError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def load_recipe(path: str | None) -> Recipe:
+    """A recipe YAML (sections as in Recipe); None gives the built-in defaults."""
+    if path is None:
+        return Recipe()
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{p}: recipe not found")
+    try:
+        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RecipeError(f"{p}: not valid YAML ({e})") from None
+    return _merge(Recipe(), values, str(p))

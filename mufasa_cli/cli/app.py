@@ -174,6 +174,88 @@ def prepare(
     render.out.print(f"wrote {run_dir / 'data'}")
 
 
+@app.command("fuse-train")
+@_guarded
+def fuse_train(
+    run: Annotated[Path, typer.Argument(help="Run folder with data/ (from mufasa prepare).")],
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe YAML (section fuse: cf, mfl); flags below override it.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="MFL epochs (upper bound; early stopping may end sooner).")] = None,
+    cf_epochs: Annotated[int | None, typer.Option(help="LightGCN epochs (upper bound).")] = None,
+    lr: Annotated[float | None, typer.Option(help="MFL learning rate.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="MFL batch size: the in-batch negatives of eqs. 1 and 4.")
+    ] = None,
+    loss_weights: Annotated[
+        str | None,
+        typer.Option(help="a,b,c,d: weights of L_title, L_cf, L_cons, L_fus-cl (eq. 5). [default: 0.5,0.25,0.15,0.1]"),
+    ] = None,
+    without: Annotated[
+        list[str] | None, typer.Option(help="Switch a loss off: title, cf, cons or fuscl (repeatable).")
+    ] = None,
+    tau: Annotated[float | None, typer.Option(help="Temperature of eqs. 1 and 4.")] = None,
+    sigma: Annotated[float | None, typer.Option(help="Std of the Gaussian perturbation in eq. 4.")] = None,
+    modality_dropout: Annotated[
+        float | None, typer.Option(help="Drop each present modality with this probability while training.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same result on CPU.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    retrain_cf: Annotated[
+        bool, typer.Option("--retrain-cf", help="Train LightGCN again even if fuse/cf.safetensors fits this data.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from its last epoch checkpoint.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/fuse.")] = False,
+) -> None:
+    """Train LightGCN CF embeddings and the Multimodal Fusion Layer; write RUN/fuse/ (z for every item)."""
+    import dataclasses
+
+    from mufasa_cli.config import load_recipe
+    from mufasa_cli.errors import RecipeError
+    from mufasa_cli.mfl.train import run as fuse_run
+    from mufasa_cli.runtime.device import resolve_device
+
+    cfg = load_recipe(str(recipe) if recipe else None).fuse
+    mfl, cf = cfg.mfl, cfg.cf
+    train_changes = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
+    changes: dict = {"train": dataclasses.replace(mfl.train, **train_changes)}
+    if loss_weights is not None:
+        try:
+            changes["loss_weights"] = tuple(float(w) for w in loss_weights.split(","))
+        except ValueError:
+            raise RecipeError(
+                f"--loss-weights {loss_weights!r}: expected four numbers like 0.5,0.25,0.15,0.1"
+            ) from None
+    for key, value in (
+        ("without", tuple(without) if without else None),
+        ("tau", tau),
+        ("sigma", sigma),
+        ("modality_dropout", modality_dropout),
+    ):
+        if value is not None:
+            changes[key] = value
+    mfl = dataclasses.replace(mfl, **changes)
+    if cf_epochs is not None:
+        cf = dataclasses.replace(cf, train=dataclasses.replace(cf.train, epochs=cf_epochs))
+    cfg = dataclasses.replace(cfg, mfl=mfl, cf=cf)
+    dev = resolve_device(device)
+    with render.progress() as on_progress:
+        manifest = fuse_run(
+            run,
+            cfg,
+            seed=seed,
+            device=dev,
+            retrain_cf=retrain_cf,
+            resume=resume,
+            force=force,
+            on_step=render.training_progress(on_progress),
+        )
+    render.fuse_summary(manifest)
+    render.out.print(f"wrote {run / 'fuse'}")
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

@@ -135,3 +135,71 @@ def prepare_summary(dataset: str, counts: Mapping, manifest: Mapping) -> None:
             )
     sp.add_row("wall time", f"{manifest['wall_time_s']:.1f} s")
     out.print(sp)
+
+
+def training_progress(on_progress: Callable[[str, int, int], None]) -> Callable:
+    """on_step(name, epoch, step, steps, losses) for runtime.loop.fit, drawn as one bar per trainer."""
+    epochs_seen: dict[str, int] = {}
+
+    def on_step(name: str, epoch: int, step: int, steps: int, losses: Mapping[str, float]) -> None:
+        epochs_seen[name] = max(epochs_seen.get(name, 0), epoch + 1)
+        shown = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+        on_progress(f"{name} epoch {epoch + 1} {shown}", step, steps)
+
+    return on_step
+
+
+def _f(x: object, digits: int = 3) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, float) else ("-" if x is None else str(x))
+
+
+def fuse_summary(manifest: Mapping) -> None:
+    cf, mfl, diag = manifest["cf"], manifest["mfl"], manifest["diagnostics"]
+    src = f" (reused {cf['reused_from']})" if "reused_from" in cf else ""
+    out.print(
+        f"LightGCN{src}: valid HR@10 {cf['valid_hr@10']:.4f}  NDCG@10 {cf['valid_ndcg@10']:.4f}  "
+        f"best epoch {cf['best_epoch']}/{cf['epochs_run']}  items with CF {cf['items_with_cf']:,}",
+        highlight=False,
+    )
+    losses = Table(title="MFL losses (all items, eval mode): start -> end", title_justify="left")
+    for col in ("loss", "weight", "start", "end"):
+        losses.add_column(col, justify="left" if col == "loss" else "right")
+    names = {
+        "title": "L_title (eq. 1)",
+        "cf": "L_cf (eq. 2)",
+        "cons": "L_cons (eq. 3)",
+        "fuscl": "L_fus-cl (eq. 4)",
+        "total": "L_MFL (eq. 5)",
+    }
+    for key, label in names.items():
+        weight = mfl["weights"].get(key, 1.0 if key == "total" else 0.0)
+        start, end = mfl["losses_start"].get(key), mfl["losses_end"].get(key)
+        losses.add_row(
+            label, _f(weight, 2), _f(start, 4) if start is not None else "off", _f(end, 4) if end is not None else "off"
+        )
+    out.print(losses)
+    d = Table(title="Fusion diagnostics", title_justify="left", show_header=False)
+    d.add_column("what")
+    d.add_column("value", justify="right")
+    if "title_retrieval" in diag:
+        tr = diag["title_retrieval"]
+        d.add_row("title retrieval z -> t: R@1 / R@10", f"{tr['R@1']:.3f} / {tr['R@10']:.3f}")
+        d.add_row("alignment E||z - t||^2 (normalised, lower is closer)", _f(diag["alignment"]))
+    if "cos_z_c" in diag:
+        d.add_row("mean cos(z, c) over items with CF", _f(diag["cos_z_c"]))
+    d.add_row("uniformity log E exp(-2||z_i - z_j||^2) (lower is more uniform)", _f(diag["uniformity"]))
+    d.add_row(f"effective rank of z (of {diag['z_dim']})", _f(diag["effective_rank"], 1))
+    d.add_row(
+        "best epoch / epochs run / early stop",
+        f"{mfl['best_epoch']} / {mfl['epochs_run']} / {'yes' if mfl['stopped_early'] else 'no'}",
+    )
+    out.print(d)
+    if "cross_genre_topic_P@10" in diag:
+        x = Table(title="Cross-genre same-topic retrieval (synthetic ground truth)", title_justify="left")
+        x.add_column("representation")
+        x.add_column("P@10", justify="right")
+        rows = diag["cross_genre_topic_P@10"]
+        best = max(rows.values())
+        for name, value in rows.items():
+            x.add_row(name, f"[bold]{value:.3f}[/]" if value == best else f"{value:.3f}")
+        out.print(x)

@@ -1,0 +1,68 @@
+"""Full-catalogue ranking metrics, computed in chunks of users so memory stays bounded.
+
+rank = the number of other candidate items whose score is >= the target's (ties count
+against the target: pessimistic), so 0 is the best rank. HR@k = [rank < k],
+NDCG@k = [rank < k] / log2(rank + 2) for a single target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+
+def target_ranks(
+    user_vectors: Callable[[np.ndarray], torch.Tensor],
+    item_vectors: torch.Tensor,
+    users: np.ndarray,
+    targets: np.ndarray,
+    exclude_indptr: np.ndarray | None = None,
+    exclude_items: np.ndarray | None = None,
+    chunk: int = 1024,
+) -> np.ndarray:
+    """Pessimistic 0-based rank of each user's target among all items.
+
+    user_vectors(user ids) -> (b, D) scores item_vectors (N, D) by dot product. The items
+    exclude_items[exclude_indptr[u]:exclude_indptr[u+1]] (e.g. already seen) are not
+    candidates for user u, except the target itself.
+    """
+    ranks = np.empty(len(users), dtype=np.int64)
+    device = item_vectors.device
+    for start in range(0, len(users), chunk):
+        sel = slice(start, start + chunk)
+        u = users[sel]
+        t = torch.as_tensor(targets[sel], device=device)
+        scores = user_vectors(u) @ item_vectors.T  # (b, N)
+        target_score = scores.gather(1, t[:, None])  # before exclusion: a repeated target still counts
+        if exclude_indptr is not None:
+            rows, cols = _excluded(u, exclude_indptr, exclude_items)
+            scores[torch.as_tensor(rows, device=device), torch.as_tensor(cols, device=device)] = -torch.inf
+        scores.scatter_(1, t[:, None], -torch.inf)  # the target does not outrank itself
+        ranks[sel] = (scores >= target_score).sum(1).cpu().numpy()
+    return ranks
+
+
+def _excluded(users: np.ndarray, indptr: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    starts, ends = indptr[users], indptr[users + 1]
+    counts = ends - starts
+    rows = np.repeat(np.arange(len(users)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return rows, items[np.repeat(starts, counts) + offsets]
+
+
+def hit_rate(ranks: np.ndarray, k: int) -> np.ndarray:
+    return (ranks < k).astype(np.float64)
+
+
+def ndcg(ranks: np.ndarray, k: int) -> np.ndarray:
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, items) grouping `items` by user, for the exclusion lists."""
+    order = np.argsort(users, kind="stable")
+    indptr = np.zeros(num_users + 1, dtype=np.int64)
+    np.add.at(indptr, users + 1, 1)
+    return np.cumsum(indptr), items[order]

@@ -1,0 +1,54 @@
+"""The fusion network: modality vectors of different widths -> one fused item vector z.
+
+Per modality a LayerNorm + Linear to d_model, plus a learned modality-type embedding; a
+genre embedding on every token; one learnable fusion token; a small pre-LN transformer
+encoder over the M+1 tokens in which absent modalities are masked out (their values are
+zeroed before anything reads them, and no token attends to them); the fusion token's output
+through LayerNorm + Linear is z. A linear head maps z to the title space for eq. 1.
+
+Legend: B items, M modalities, D d_model, d z width (= CF width), d_t title width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mufasa_cli.config import MFLConfig
+
+
+class FusionNetwork(nn.Module):
+    def __init__(
+        self, modality_dims: dict[str, int], num_genres: int, out_dim: int, title_dim: int | None, cfg: MFLConfig
+    ):
+        super().__init__()
+        if not modality_dims:
+            raise ValueError("the fusion network needs at least one modality")
+        D = cfg.d_model
+        self.modality_names = list(modality_dims)
+        self.project = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, D)) for d in modality_dims.values())
+        self.modality_embedding = nn.Parameter(torch.randn(len(modality_dims), D) * 0.02)
+        self.genre_embedding = nn.Embedding(max(num_genres, 1), D)
+        nn.init.normal_(self.genre_embedding.weight, std=0.02)
+        self.fusion_token = nn.Parameter(torch.randn(D) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            D, cfg.num_heads, 4 * D, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+        self.out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, out_dim))
+        # Always a learned map, even when the widths agree: eq. 2 pins z to the CF space, so
+        # eq. 1 must compare titles through a map rather than in z's own coordinates.
+        self.title_head = nn.Linear(out_dim, title_dim) if title_dim else nn.Identity()
+
+    def forward(self, features: list[torch.Tensor], present: torch.Tensor, genre: torch.Tensor) -> torch.Tensor:
+        """features[m]: (B, d_m) float32; present: (B, M) bool; genre: (B,) int64 -> z (B, d)."""
+        B, M = present.shape
+        tokens = torch.stack([proj(x) for proj, x in zip(self.project, features, strict=True)], dim=1)  # (B, M, D)
+        tokens = torch.where(present[..., None], tokens, torch.zeros_like(tokens))  # absent values never enter
+        g = self.genre_embedding(genre)[:, None, :]  # (B, 1, D)
+        tokens = tokens + self.modality_embedding[None] + g
+        fusion = self.fusion_token.expand(B, 1, -1) + g
+        x = torch.cat([fusion, tokens], dim=1)  # (B, 1+M, D)
+        ignore = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=present.device), ~present], dim=1)
+        h = self.encoder(x, src_key_padding_mask=ignore)  # (B, 1+M, D)
+        return self.out(h[:, 0])  # (B, d)

@@ -1,0 +1,1 @@
+"""Seeding, device choice, the shared training loop with checkpoints and resume."""

@@ -1,0 +1,209 @@
+"""The training loop every trainer shares.
+
+Seeded and deterministic on CPU: epoch e draws its batch order and its random ops from
+seeds derived from (seed, e), never from state carried over from earlier epochs, so a run
+resumed from the checkpoint of epoch e-1 replays epoch e exactly as an uninterrupted run.
+AdamW, linear warmup then cosine decay, gradient clipping, early stopping on a validation
+metric (higher is better, best weights restored at the end), one checkpoint per epoch
+(written atomically), and a guard that stops on a non-finite loss or gradient, keeping the
+last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mufasa_cli.artifacts import atomic_write_bytes
+from mufasa_cli.config import TrainConfig
+from mufasa_cli.errors import MufasaError
+
+OnStep = Callable[[str, int, int, int, dict[str, float]], None]  # (name, epoch, step, steps, losses)
+
+
+class TrainingDiverged(MufasaError):
+    """The loss or a gradient became NaN/inf."""
+
+
+class CheckpointMismatch(MufasaError):
+    """--resume found a checkpoint written under another configuration."""
+
+
+def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + salt) % (2**63 - 1)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_metric: float | None
+    epochs_run: int
+    stopped_early: bool
+    resumed_from: int | None
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
+    wall_time_s: float = 0.0
+
+
+def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    warmup = int(cfg.warmup_frac * total_steps)
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+def _save(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def fit(
+    *,
+    name: str,
+    model: nn.Module,
+    params: Iterable[nn.Parameter] | None = None,
+    cfg: TrainConfig,
+    seed: int,
+    steps_per_epoch: int,
+    batches: Callable[[np.random.Generator], Iterable[Any]],
+    step_loss: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
+    validate: Callable[[], float] | None,
+    checkpoint: Path,
+    fingerprint: dict,
+    resume: bool,
+    on_step: OnStep | None = None,
+    on_epoch: Callable[[str, int, dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train `model` in place; on return it holds the best validated weights.
+
+    batches(rng) yields one epoch of batches (its order drawn from rng); step_loss(batch)
+    returns the loss to minimise and its components for display; validate() returns the
+    early-stopping metric, higher is better.
+    """
+    started = time.perf_counter()
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, cfg.epochs * steps_per_epoch))
+    fingerprint = {"name": name, "train": asdict(cfg), "seed": seed, **fingerprint}
+
+    start_epoch, best_metric, best_epoch, bad_evals = 0, None, -1, 0
+    best_state: dict | None = None
+    history: list[dict[str, float]] = []
+    resumed_from = None
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if state["fingerprint"] != fingerprint:
+            raise CheckpointMismatch(f"{checkpoint}: written under another configuration; drop --resume to start over")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch, best_metric, best_epoch = state["epoch"] + 1, state["best_metric"], state["best_epoch"]
+        bad_evals, best_state, history = state["bad_evals"], state["best_state"], state["history"]
+        resumed_from = state["epoch"]
+    elif checkpoint.exists():
+        checkpoint.unlink()
+
+    stopped_early = False
+    epoch = start_epoch - 1
+    done = start_epoch >= cfg.epochs or (start_epoch > 0 and bad_evals >= cfg.patience)
+    for epoch in range(start_epoch, cfg.epochs if not done else start_epoch):
+        model.train()
+        torch.manual_seed(epoch_seed(seed, epoch))
+        rng = np.random.default_rng(epoch_seed(seed, epoch, salt=1))
+        sums: dict[str, float] = {}
+        n = 0
+        for step, batch in enumerate(batches(rng)):
+            loss, parts = step_loss(batch)
+            if not torch.isfinite(loss):
+                _diverged(name, epoch, step, parts, checkpoint, f"loss is {loss.item()}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if not torch.isfinite(norm):
+                _diverged(name, epoch, step, parts, checkpoint, f"gradient norm is {norm.item()}")
+            opt.step()
+            sched.step()
+            n += 1
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if on_step is not None:
+                on_step(name, epoch, step + 1, steps_per_epoch, {k: v / n for k, v in sums.items()})
+        row = {"epoch": epoch, **{k: v / max(n, 1) for k, v in sums.items()}, "lr": sched.get_last_lr()[0]}
+        evaluate = validate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
+        if evaluate:
+            model.eval()
+            torch.manual_seed(epoch_seed(seed, epoch, salt=2))
+            with torch.no_grad():
+                metric = float(validate())
+            row["valid"] = metric
+            if best_metric is None or metric > best_metric:
+                best_metric, best_epoch, bad_evals = metric, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad_evals += 1
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(name, epoch, row)
+        _save(
+            checkpoint,
+            {
+                "fingerprint": fingerprint,
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "best_metric": best_metric,
+                "best_epoch": best_epoch,
+                "bad_evals": bad_evals,
+                "best_state": best_state,
+                "history": history,
+            },
+        )
+        if evaluate and bad_evals >= cfg.patience:
+            stopped_early = True
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        best_epoch = epoch
+    model.eval()
+    return FitResult(
+        best_epoch=best_epoch,
+        best_metric=best_metric,
+        epochs_run=len(history),
+        stopped_early=stopped_early or (resumed_from is not None and bad_evals >= cfg.patience),
+        resumed_from=resumed_from,
+        history=history,
+        wall_time_s=time.perf_counter() - started,
+    )
+
+
+def _diverged(name: str, epoch: int, step: int, parts: dict[str, float], checkpoint: Path, what: str) -> None:
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in parts.items())
+    keep = (
+        f"the last good checkpoint {checkpoint} is kept (--resume restarts from it)"
+        if checkpoint.is_file()
+        else "no epoch had completed, so there is no checkpoint"
+    )
+    raise TrainingDiverged(
+        f"{name}: {what} at epoch {epoch + 1}, step {step + 1} ({shown}); {keep}; lower the learning rate or check the inputs"
+    )
