@@ -33,7 +33,7 @@ def target_ranks(
     for start in range(0, len(users), chunk):
         sel = slice(start, start + chunk)
         u = users[sel]
-        t = torch.as_tensor(targets[sel], device=device)
+        t = torch.as_tensor(np.array(targets[sel]), device=device)
         scores = user_vectors(u) @ item_vectors.T  # (b, N)
         target_score = scores.gather(1, t[:, None])  # before exclusion: a repeated target still counts
         if exclude_indptr is not None:

@@ -87,7 +87,7 @@ def sample_negatives(
 ) -> np.ndarray:
     """Uniform negatives that the user has no train interaction with (positive_keys: sorted u*N+i)."""
     neg = rng.integers(0, num_items, len(users))
-    for _ in range(20):
+    for _ in range(100):  # redraw clashes; a user who saw almost every item may keep a few
         keys = users.astype(np.int64) * num_items + neg
         pos = np.searchsorted(positive_keys, keys)
         clash = (pos < len(positive_keys)) & (positive_keys[np.minimum(pos, len(positive_keys) - 1)] == keys)

@@ -1,0 +1,43 @@
+import pytest
+
+from mufasa_cli.config import Recipe, load_recipe
+from mufasa_cli.errors import RecipeError
+
+
+def test_recipe_overrides_nested_fields_and_keeps_other_defaults(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(
+        "fuse:\n  mfl: {tau: 0.2, loss_weights: [1, 0, 0, 0], train: {epochs: 3}}\n  cf: {train: {epochs: 7}}\n"
+    )
+    r = load_recipe(str(p))
+    assert r.fuse.mfl.tau == 0.2 and r.fuse.mfl.loss_weights == (1.0, 0.0, 0.0, 0.0)
+    assert r.fuse.mfl.train.epochs == 3 and r.fuse.mfl.train.lr == Recipe().fuse.mfl.train.lr
+    assert r.fuse.cf.train.epochs == 7 and r.fuse.cf.train.batch_size == Recipe().fuse.cf.train.batch_size
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("fuse: {mfl: {tua: 1}}", "fuse.mfl: unknown key 'tua'"),
+        ("fuse: {mfl: {tau: abc}}", "fuse.mfl.tau: expected float"),
+        ("fuse: {mfl: {loss_weights: [1, 2]}}", "expected 4 values"),
+        ("fuse: {mfl: {train: {epochs: 2.5}}}", "fuse.mfl.train.epochs: expected int"),
+        ("fuse: {mfl: {without: [xyz]}}", "--without 'xyz'"),
+        ("fuse: [1, 2]", "fuse: expected a mapping"),
+        ("fuse: {mfl: {d_model: 30, num_heads: 4}}", "divisible"),
+    ],
+)
+def test_recipe_rejects_bad_input(tmp_path, text, message):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_recipe(str(p))
+
+
+def test_the_shipped_recipes_load():
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+    assert recipes
+    for r in recipes:
+        load_recipe(str(r))
