@@ -102,7 +102,7 @@ def prepare(
         typer.Argument(help="synthetic (alias mixed-genre), microlens, movielens, recbole or custom."),
     ] = "synthetic",
     out: Annotated[
-        Path | None, typer.Option("--out", help="Run folder; data/ is written inside it. [default: runs/DATASET]")
+        Path | None, typer.Option("--out", help="Run folder; data/ is written inside it. (default: runs/DATASET)")
     ] = None,
     source: Annotated[
         list[Path] | None,
@@ -113,7 +113,7 @@ def prepare(
     ] = None,
     preset: Annotated[
         Preset | None,
-        typer.Option(help="synthetic size: tiny (tests), default (quickstart), large (benchmarks). [default: default]"),
+        typer.Option(help="synthetic size: tiny (tests), default (quickstart), large (benchmarks). (default: default)"),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for generation and sampling (same seed, same bytes).")] = 0,
     min_seq_len: Annotated[int, typer.Option(help="Drop users with fewer interactions (>= 3).")] = 3,
@@ -121,7 +121,7 @@ def prepare(
     text_encoder: Annotated[
         TextEncoder | None,
         typer.Option(
-            help="Title anchor: minilm (all-MiniLM-L6-v2, offline; needs the 'text' extra), none (title losses off), synthetic (the generator's own vectors). [default: synthetic for synthetic, else minilm when installed]"
+            help="Title anchor: minilm (all-MiniLM-L6-v2, offline; needs the 'text' extra), none (title losses off), synthetic (the generator's own vectors). (default: synthetic for synthetic, else minilm when installed)"
         ),
     ] = None,
     cold_items: Annotated[
@@ -131,7 +131,7 @@ def prepare(
     zero_shot_users: Annotated[
         int | None,
         typer.Option(
-            help="Users held out of all training; their last 3 interactions are targets. [default: 200 for synthetic, 0 otherwise]"
+            help="Users held out of all training; their last 3 interactions are targets. (default: 200 for synthetic, 0 otherwise)"
         ),
     ] = None,
     on_bad_rows: Annotated[
@@ -189,7 +189,7 @@ def fuse_train(
     ] = None,
     loss_weights: Annotated[
         str | None,
-        typer.Option(help="a,b,c,d: weights of L_title, L_cf, L_cons, L_fus-cl (eq. 5). [default: 0.5,0.25,0.15,0.1]"),
+        typer.Option(help="a,b,c,d: weights of L_title, L_cf, L_cons, L_fus-cl (eq. 5). (default: 0.5,0.25,0.15,0.1)"),
     ] = None,
     without: Annotated[
         list[str] | None, typer.Option(help="Switch a loss off: title, cf, cons or fuscl (repeatable).")
