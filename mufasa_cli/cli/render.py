@@ -30,9 +30,10 @@ def warning_line(message: str) -> None:
 
 
 @contextlib.contextmanager
-def progress() -> Iterator[Callable[[str, int, int], None]]:
-    """Yield on_progress(task, done, total): one bar per task name, on stderr, started on the
-    first report (so a stage that fails early prints nothing but its error)."""
+def progress() -> Iterator[Callable[..., None]]:
+    """Yield on_progress(task, done, total, text=None): one bar per task, on stderr, started on
+    the first report (so a stage that fails early prints nothing but its error). `text`
+    replaces the bar's label, for running numbers such as losses."""
     bars = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -44,12 +45,12 @@ def progress() -> Iterator[Callable[[str, int, int], None]]:
     )
     tasks: dict[str, int] = {}
 
-    def on_progress(name: str, done: int, total: int) -> None:
+    def on_progress(name: str, done: int, total: int, text: str | None = None) -> None:
         if not tasks:
             bars.start()
         if name not in tasks:
             tasks[name] = bars.add_task(name, total=total)
-        bars.update(tasks[name], completed=done, total=total)
+        bars.update(tasks[name], completed=done, total=total, description=text or name)
 
     try:
         yield on_progress
@@ -139,12 +140,10 @@ def prepare_summary(dataset: str, counts: Mapping, manifest: Mapping) -> None:
 
 def training_progress(on_progress: Callable[[str, int, int], None]) -> Callable:
     """on_step(name, epoch, step, steps, losses) for runtime.loop.fit, drawn as one bar per trainer."""
-    epochs_seen: dict[str, int] = {}
 
     def on_step(name: str, epoch: int, step: int, steps: int, losses: Mapping[str, float]) -> None:
-        epochs_seen[name] = max(epochs_seen.get(name, 0), epoch + 1)
         shown = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
-        on_progress(f"{name} epoch {epoch + 1} {shown}", step, steps)
+        on_progress(name, step, steps, f"{name} epoch {epoch + 1} {shown}")
 
     return on_step
 
