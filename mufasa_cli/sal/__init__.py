@@ -1,0 +1,1 @@
+"""The Sparse Attention-based Alignment Layer (paper section 3.2)."""
