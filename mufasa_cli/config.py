@@ -143,11 +143,46 @@ class FuseConfig:
     mfl: MFLConfig = MFLConfig()
 
 
+BRANCHES = ("window", "block", "selective")
+
+
+@dataclass(frozen=True)
+class SALConfig:
+    """The Sparse Attention-based Alignment Layer (paper section 3.2)."""
+
+    d_model: int = 64
+    num_heads: int = 2
+    block_size: int = 8  # b: items per interest block (eq. 8)
+    num_selected: int = 4  # k: blocks attended item by item (eq. 10)
+    window: int = 0  # W; 0 = the paper's protocol (8 if the history is longer than 30, else 4)
+    phi: str = "linear"  # block aggregator of eq. 8: linear or mean
+    attention: str = "sparse"  # sparse (the three branches), full (one level over all items), mean
+    without: tuple[str, ...] = ()  # branches switched off (ablations)
+    max_len: int = 1024
+
+    def __post_init__(self) -> None:
+        _positive(self, "d_model", "num_heads", "block_size", "num_selected", "max_len")
+        if self.d_model % self.num_heads:
+            raise RecipeError(f"d_model {self.d_model} must be divisible by num_heads {self.num_heads}")
+        if self.window < 0:
+            raise RecipeError(f"window {self.window}: must be >= 0 (0 = the paper's protocol)")
+        if self.phi not in ("linear", "mean"):
+            raise RecipeError(f"phi {self.phi!r}: choose linear or mean")
+        if self.attention not in ("sparse", "full", "mean"):
+            raise RecipeError(f"--attention {self.attention!r}: choose sparse, full or mean")
+        bad = [w for w in self.without if w not in BRANCHES]
+        if bad:
+            raise RecipeError(f"--without {bad[0]!r}: choose from {', '.join(BRANCHES)}")
+        if len(set(self.without)) == len(BRANCHES):
+            raise RecipeError("--without: at least one branch must stay")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything a recipe file may set, one section per stage."""
 
     fuse: FuseConfig = FuseConfig()
+    sal: SALConfig = SALConfig()
 
 
 def _merge(base, values: object, where: str):

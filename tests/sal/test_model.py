@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from mufasa_cli.config import SALConfig
+from mufasa_cli.errors import RecipeError
+from mufasa_cli.sal.model import SALEncoder
+
+ZD = 6
+
+
+def _hist(lengths, L=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor(lengths)
+    return torch.randn(len(lengths), L or int(lengths.max()), ZD, generator=g), lengths
+
+
+VARIANTS = [("full", ()), ("mean", ())] + [
+    ("sparse", w) for w in [(), ("window",), ("block",), ("selective",), ("block", "selective")]
+]
+
+
+@pytest.mark.parametrize(("attention", "without"), VARIANTS)
+def test_every_variant_runs_is_finite_and_ignores_padding(attention, without):
+    torch.manual_seed(0)
+    model = SALEncoder(
+        ZD, SALConfig(d_model=8, num_heads=2, block_size=4, num_selected=2, without=without, attention=attention)
+    )
+    z, lengths = _hist([1, 3, 4, 5, 17])
+    u, ex = model.users(z, lengths)
+    assert u.shape == (5, 8) and torch.isfinite(u).all()
+    padded = torch.cat([z, torch.randn(5, 6, ZD) * 100], 1)
+    torch.testing.assert_close(model.users(padded, lengths)[0], u)
+    if attention == "sparse":
+        assert ex.gates.shape == (5, 3 - len(without))
+    u.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_without_block_still_selects_blocks():
+    torch.manual_seed(0)
+    model = SALEncoder(ZD, SALConfig(d_model=8, num_heads=2, block_size=4, num_selected=2, without=("block",)))
+    z, lengths = _hist([17])
+    _, ex = model.users(z, lengths)
+    assert ex.block_weights is not None and ex.selected_blocks.shape == (1, 2)
+    assert ex.gates.shape == (1, 2)  # window and selective only
+
+
+def test_the_query_is_the_last_real_item():
+    torch.manual_seed(0)
+    model = SALEncoder(ZD, SALConfig(d_model=8, num_heads=2, block_size=4, attention="mean"))
+    z, lengths = _hist([3, 3])
+    z[1, :2] = z[0, :2]  # same first two items, different last item
+    u, _ = model.users(z, lengths)
+    assert not torch.allclose(u[0], u[1])
+    z[1] = z[0]
+    u, _ = model.users(z, lengths)
+    torch.testing.assert_close(u[0], u[1])
+
+
+def test_items_tower_shape():
+    model = SALEncoder(ZD, SALConfig(d_model=8, num_heads=2))
+    assert model.items(torch.randn(5, ZD)).shape == (5, 8)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"attention": "sparse2"}, "--attention"),
+        ({"without": ("windows",)}, "--without 'windows'"),
+        ({"without": ("window", "block", "selective")}, "at least one branch"),
+        ({"phi": "max"}, "phi"),
+        ({"d_model": 10, "num_heads": 4}, "divisible"),
+    ],
+)
+def test_sal_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(RecipeError, match=message):
+        SALConfig(**kwargs)
