@@ -178,11 +178,21 @@ class SALConfig:
 
 
 @dataclass(frozen=True)
+class AlignConfig:
+    sal: SALConfig = SALConfig()
+    tau: float = 0.07  # temperature of the in-batch softmax
+    train: TrainConfig = TrainConfig(epochs=40, batch_size=128, lr=1e-3, patience=4)
+
+    def __post_init__(self) -> None:
+        _positive(self, "tau")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything a recipe file may set, one section per stage."""
 
     fuse: FuseConfig = FuseConfig()
-    sal: SALConfig = SALConfig()
+    align: AlignConfig = AlignConfig()
 
 
 def _merge(base, values: object, where: str):

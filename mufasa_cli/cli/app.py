@@ -256,6 +256,98 @@ def fuse_train(
     render.out.print(f"wrote {run / 'fuse'}")
 
 
+@app.command("align-train")
+@_guarded
+def align_train(
+    run: Annotated[Path, typer.Argument(help="Run folder with data/ and fuse/.")],
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe YAML (section align: sal, train, tau); flags override it.")
+    ] = None,
+    attention: Annotated[str | None, typer.Option(help="sparse (window + block + selective), full or mean.")] = None,
+    without: Annotated[
+        list[str] | None, typer.Option(help="Drop a branch: window, block or selective (repeatable).")
+    ] = None,
+    max_len: Annotated[int | None, typer.Option(help="Keep each history's most recent N items.")] = None,
+    block_size: Annotated[int | None, typer.Option(help="b: items per interest block.")] = None,
+    num_selected: Annotated[int | None, typer.Option(help="k: blocks attended item by item.")] = None,
+    window: Annotated[
+        int | None, typer.Option(help="W; 0 = the paper's protocol (8 if the history is longer than 30, else 4).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (upper bound; early stopping on valid NDCG@10).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Users per batch: the in-batch negatives.")] = None,
+    tau: Annotated[float | None, typer.Option(help="Softmax temperature.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same result on CPU.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from its last epoch checkpoint.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/align.")] = False,
+) -> None:
+    """Train the Sparse Attention-based Alignment Layer on the frozen MFL vectors (objective: last); write RUN/align/."""
+    import dataclasses
+
+    from mufasa_cli.config import load_recipe
+    from mufasa_cli.runtime.device import resolve_device
+    from mufasa_cli.sal.train import run_align
+
+    cfg = load_recipe(str(recipe) if recipe else None).align
+    sal_changes = {
+        k: v
+        for k, v in (
+            ("attention", attention),
+            ("without", tuple(without) if without else None),
+            ("max_len", max_len),
+            ("block_size", block_size),
+            ("num_selected", num_selected),
+            ("window", window),
+        )
+        if v is not None
+    }
+    train_changes = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
+    sal = dataclasses.replace(cfg.sal, **sal_changes)
+    train = dataclasses.replace(cfg.train, **train_changes)
+    with render.progress() as on_progress:
+        manifest = run_align(
+            run,
+            sal,
+            train,
+            tau=tau if tau is not None else cfg.tau,
+            seed=seed,
+            device=resolve_device(device),
+            resume=resume,
+            force=force,
+            on_step=render.training_progress(on_progress),
+        )
+    v = manifest["valid"]
+    render.out.print(
+        f"SAL ({sal.attention}{', without ' + ', '.join(sal.without) if sal.without else ''}): valid HR@10 {v['HR@10']:.4f}  "
+        f"NDCG@10 {v['NDCG@10']:.4f}  best epoch {manifest['best_epoch']}/{manifest['epochs_run']}",
+        highlight=False,
+    )
+    render.out.print(f"wrote {run / 'align'}")
+
+
+@app.command()
+@_guarded
+def embed(
+    run: Annotated[Path, typer.Argument(help="Run folder with data/, fuse/ and align/.")],
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/embed.")] = False,
+) -> None:
+    """Write user embeddings (train users up to their test target, zero-shot users without their targets) and item embeddings for every item to RUN/embed/."""
+    from mufasa_cli.runtime.device import resolve_device
+    from mufasa_cli.sal.train import run_embed
+
+    manifest = run_embed(run, device=resolve_device(device), force=force)
+    c = manifest["counts"]
+    render.out.print(
+        f"embedded {c['train_users']:,} train users, {c['zero_shot_users']:,} zero-shot users and {c['items']:,} items "
+        f"({c['dim']}-d); wrote {run / 'embed'}",
+        highlight=False,
+    )
+
+
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()

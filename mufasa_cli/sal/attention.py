@@ -61,7 +61,7 @@ def window_positions(lengths: torch.Tensor, windows: torch.Tensor) -> tuple[torc
     offsets = torch.arange(w_max, device=lengths.device)  # (Wmax,)
     pos = (lengths - windows)[:, None] + offsets[None, :]  # (B, Wmax)
     valid = (offsets[None, :] < windows[:, None]) & (pos >= 0)
-    return pos.clamp(min=0), valid
+    return torch.minimum(pos, lengths[:, None] - 1).clamp(min=0), valid
 
 
 def gather_items(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

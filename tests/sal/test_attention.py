@@ -58,6 +58,14 @@ def test_window_covers_the_last_w_items_and_window_ge_l_is_full_attention():
         torch.testing.assert_close(out[i], dense(q[i], k[i], v[i], list(range(n))))
 
 
+def test_windows_of_different_sizes_in_one_batch():
+    q, k, v, lengths = _inputs([5, 40])  # the paper's protocol: W = 4 and W = 8
+    W = paper_window_sizes(lengths)
+    out, _ = window_attention(q, k, v, lengths, W, H)
+    torch.testing.assert_close(out[0], dense(q[0], k[0], v[0], [1, 2, 3, 4]))
+    torch.testing.assert_close(out[1], dense(q[1], k[1], v[1], list(range(32, 40))))
+
+
 def test_paper_window_protocol():
     assert paper_window_sizes(torch.tensor([5, 30, 31, 500])).tolist() == [4, 4, 8, 8]
 
