@@ -181,7 +181,8 @@ class SALConfig:
 class AlignConfig:
     sal: SALConfig = SALConfig()
     tau: float = 0.07  # temperature of the in-batch softmax
-    train: TrainConfig = TrainConfig(epochs=40, batch_size=128, lr=1e-3, patience=4)
+    # `last` sees one target per user per epoch: many short epochs, validated every 5
+    train: TrainConfig = TrainConfig(epochs=150, batch_size=128, lr=3e-3, patience=6, eval_every=5)
 
     def __post_init__(self) -> None:
         _positive(self, "tau")
