@@ -269,6 +269,14 @@ def load_tensors(
         tensors = load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
         raise ArtifactError(f"{path}: unreadable safetensors file ({e})") from None
+    check_tensors(path, tensors, expect, dims)
+    return tensors
+
+
+def check_tensors(
+    path: Path, tensors: Mapping[str, np.ndarray], expect: Mapping[str, TensorSpec], dims: dict[str, int] | None = None
+) -> None:
+    """The dtype/shape check of load_tensors, for tensors already loaded from `path`."""
     dims = {} if dims is None else dims
     for name, (dtype, shape) in expect.items():
         if name not in tensors:
@@ -287,7 +295,6 @@ def load_tensors(
                 raise ArtifactError(
                     f"{path}: tensor {name!r} has shape {list(t.shape)}, expected {list(shape)} with {dims}"
                 )
-    return tensors
 
 
 def load_table(path: Path, schema: Mapping[str, pl.DataType]) -> pl.DataFrame:

@@ -76,7 +76,7 @@ def load_data(run_dir: Path) -> FuseData:
         spec[schema.MASK_PREFIX + m] = ("bool", (N,))
     if schema.TITLE_KEY in feats:
         spec[schema.TITLE_KEY] = ("float32", (N, None))
-    artifacts.load_tensors(data_dir / schema.FEATURES_FILE, spec)  # dtype/shape check
+    artifacts.check_tensors(data_dir / schema.FEATURES_FILE, feats, spec)
     train_role = users.filter(pl.col("role") == "train")["user"]
     mine = inter.filter(pl.col("user").is_in(train_role.implode()))
     train = mine.filter(pl.col("split") == "train")
