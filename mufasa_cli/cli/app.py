@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import traceback
 from collections.abc import Callable
 from enum import StrEnum
@@ -349,7 +348,6 @@ def embed(
 
 
 def main() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app()
 
 

@@ -9,7 +9,6 @@ Readers report bad input as DataSchemaError naming file and line; under
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 from collections import Counter
 from collections.abc import Iterator
@@ -104,14 +103,6 @@ def find_one(folders: list[Path], patterns: list[str], what: str, required: bool
         where = ", ".join(str(f) for f in folders)
         raise DataSchemaError(f"{where}: no file matching {' or '.join(patterns)} ({what})")
     return None
-
-
-def file_sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:

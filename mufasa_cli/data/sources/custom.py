@@ -25,10 +25,10 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from mufasa_cli.artifacts import sha256_file
 from mufasa_cli.data.sources.base import (
     BadRows,
     RawDataset,
-    file_sha,
     load_feature_files,
     read_header_table,
     read_text,
@@ -81,11 +81,11 @@ def _delimiter(path: Path) -> str:
 def load(source: Path, bad: BadRows) -> RawDataset:
     schema_path, spec = _schema(source)
     base = schema_path.parent
-    inputs = {str(schema_path): file_sha(schema_path)}
+    inputs = {str(schema_path): sha256_file(schema_path)}
 
     it = spec["interactions"]
     ipath = require_file(base / it["path"], "interactions")
-    inputs[str(ipath)] = file_sha(ipath)
+    inputs[str(ipath)] = sha256_file(ipath)
     cols = [it["user"], it["item"]] + ([it["timestamp"]] if "timestamp" in it else [])
     table = read_header_table(ipath, cols, bad, _delimiter(ipath))
     n = len(table[it["user"]])
@@ -100,7 +100,7 @@ def load(source: Path, bad: BadRows) -> RawDataset:
     if "items" in spec:
         st = spec["items"]
         tpath = require_file(base / st["path"], "items")
-        inputs[str(tpath)] = file_sha(tpath)
+        inputs[str(tpath)] = sha256_file(tpath)
         optional = tuple(st[k] for k in ("title", "genre", "category") if k in st)
         t = read_header_table(tpath, [st["item"]], bad, _delimiter(tpath), optional=optional)
         m = len(t[st["item"]])
@@ -123,6 +123,6 @@ def load(source: Path, bad: BadRows) -> RawDataset:
     for name, rel in (spec.get("features") or {}).items():
         p = require_file(base / str(rel), f"features for modality {name!r}")
         feature_paths.append((str(name), p))
-        inputs[str(p)] = file_sha(p)
+        inputs[str(p)] = sha256_file(p)
     modalities = load_feature_files(feature_paths, bad)
     return RawDataset(interactions, items, genres, modalities, inputs=inputs)

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mufasa_cli.artifacts import sha256_file
 from mufasa_cli.data.sources.base import (
     BadRows,
     RawDataset,
     RawModality,
     feature_files_in,
-    file_sha,
     find_one,
     iter_csv,
     iter_split_lines,
@@ -132,7 +132,7 @@ def load(folders: list[Path], bad: BadRows) -> RawDataset:
     title_path = find_one(folders, ["*_titles.csv", "*_title_en.csv"], "MicroLens titles", required=False)
     tags_path = find_one(folders, ["tags_to_summary.csv"], "categories", required=False)
     likes_path = find_one(folders, ["*likes_and_views.txt"], "likes and views", required=False)
-    inputs = {str(p): file_sha(p) for p in (pairs, title_path, tags_path, likes_path) if p is not None}
+    inputs = {str(p): sha256_file(p) for p in (pairs, title_path, tags_path, likes_path) if p is not None}
 
     interactions = _read_pairs(pairs, bad)
     titles = _read_titles(title_path, bad) if title_path else {}
@@ -146,7 +146,7 @@ def load(folders: list[Path], bad: BadRows) -> RawDataset:
         if other_path is None:
             return side
         other = _read_titles(other_path, BadRows("skip"))
-        inputs[str(other_path)] = file_sha(other_path)
+        inputs[str(other_path)] = sha256_file(other_path)
         rejected = {i for i in side if i in titles and i in other and not _titles_agree(titles[i], other[i])}
         notes[f"{what}_rows_rejected_title_mismatch"] = len(rejected)
         return {i: v for i, v in side.items() if i not in rejected}
@@ -172,7 +172,7 @@ def load(folders: list[Path], bad: BadRows) -> RawDataset:
         if ids:
             modalities["popularity"] = RawModality(ids, standardised(np.array(values)), str(likes_path))
     feature_paths = [p for f in folders for p in feature_files_in(f / "features")]
-    inputs.update({str(p): file_sha(p) for _, p in feature_paths})
+    inputs.update({str(p): sha256_file(p) for _, p in feature_paths})
     modalities.update(load_feature_files(feature_paths, bad))
 
     item_ids = sorted(set(titles) | set(category))

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mufasa_cli.artifacts import sha256_file
 from mufasa_cli.data.sources.base import (
     BadRows,
     RawDataset,
     RawModality,
-    file_sha,
     iter_split_lines,
     multi_hot,
     parse_float,
@@ -132,7 +132,7 @@ def load(folder: Path, bad: BadRows) -> RawDataset:
         items,
         [GENRE],
         modalities=movie_modalities(ids, genres, years, str(movies_path)),
-        inputs={str(p): file_sha(p) for p in (ratings_path, movies_path)},
+        inputs={str(p): sha256_file(p) for p in (ratings_path, movies_path)},
     )
 
 

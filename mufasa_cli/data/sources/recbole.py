@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from mufasa_cli.artifacts import sha256_file
 from mufasa_cli.data.sources.base import (
     BadRows,
     RawDataset,
     RawModality,
-    file_sha,
     find_one,
     multi_hot,
     parse_float,
@@ -90,14 +90,14 @@ def load(source: Path, bad: BadRows) -> RawDataset:
         {"raw_user": users, "raw_item": items, "timestamp": times},
         schema={"raw_user": pl.String, "raw_item": pl.String, "timestamp": pl.Float64},
     )
-    inputs = {str(inter_path): file_sha(inter_path)}
+    inputs = {str(inter_path): sha256_file(inter_path)}
     item_field = header[i_col][0]
     ids: list[str] = []
     titles: list[str | None] = []
     categories: list[list[str]] = []
     modalities: dict[str, RawModality] = {}
     if item_path.is_file():
-        inputs[str(item_path)] = file_sha(item_path)
+        inputs[str(item_path)] = sha256_file(item_path)
         iheader, irows = _read_atomic(item_path, bad)
         inames = [n for n, _ in iheader]
         if item_field not in inames:
