@@ -31,7 +31,7 @@ def check_flags(cfg: PrepareConfig) -> None:
 
 
 def load_source(cfg: PrepareConfig, bad: BadRows, on_progress: Callable[[int, int], None] | None = None) -> RawDataset:
-    check_flags(cfg)
+    """The source's raw tables; call check_flags(cfg) first (prepare.run does, before any work)."""
     sources = [Path(s) for s in cfg.sources]
     match cfg.dataset:
         case "synthetic":
