@@ -143,6 +143,7 @@ class FuseConfig:
     mfl: MFLConfig = MFLConfig()
 
 
+OBJECTIVES = ("last", "all")
 BRANCHES = ("window", "block", "selective")
 
 
@@ -159,6 +160,7 @@ class SALConfig:
     attention: str = "sparse"  # sparse (the three branches), full (one level over all items), mean
     without: tuple[str, ...] = ()  # branches switched off (ablations)
     max_len: int = 1024
+    objective: str = "last"  # last: one query per user (the paper); all: every position a causal query
 
     def __post_init__(self) -> None:
         _positive(self, "d_model", "num_heads", "block_size", "num_selected", "max_len")
@@ -175,17 +177,28 @@ class SALConfig:
             raise RecipeError(f"--without {bad[0]!r}: choose from {', '.join(BRANCHES)}")
         if len(set(self.without)) == len(BRANCHES):
             raise RecipeError("--without: at least one branch must stay")
+        if self.objective not in OBJECTIVES:
+            raise RecipeError(f"--objective {self.objective!r}: choose {' or '.join(OBJECTIVES)}")
 
 
 @dataclass(frozen=True)
 class AlignConfig:
     sal: SALConfig = SALConfig()
-    tau: float = 0.07  # temperature of the in-batch softmax
+    tau: float = 0.07  # temperature of the in-batch softmax (its start value when learned)
+    learn_tau: bool = False  # train log(tau) with the model, kept within [0.01, 1]
+    uniform_negatives: int = 0  # extra negatives per batch drawn uniformly from the catalogue
+    in_batch_negatives: int = 2048  # objective all: the batch's targets used as negatives, at most this many
+    finetune_mfl: bool = False  # train the MFL with the SAL, its four losses as auxiliary terms
+    mfl_weight: float = 0.5  # weight of the MFL losses when finetuning
     # `last` sees one target per user per epoch: many short epochs, validated every 5
     train: TrainConfig = TrainConfig(epochs=150, batch_size=128, lr=3e-3, patience=6, eval_every=5)
+    # `all` sees every next item of every user each epoch: few long epochs, validated each one
+    train_all: TrainConfig = TrainConfig(epochs=20, batch_size=32, lr=2e-3, patience=2, eval_every=1)
 
     def __post_init__(self) -> None:
-        _positive(self, "tau")
+        _positive(self, "tau", "in_batch_negatives")
+        if self.uniform_negatives < 0 or self.mfl_weight < 0:
+            raise RecipeError("uniform_negatives and mfl_weight must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -194,6 +207,12 @@ class Recipe:
 
     fuse: FuseConfig = FuseConfig()
     align: AlignConfig = AlignConfig()
+
+
+def restore(base, values: object, where: str):
+    """A config saved with dataclasses.asdict, read back over the defaults `base` (lists
+    become tuples; unknown keys and wrong types are refused, naming `where`)."""
+    return _merge(base, values, where)
 
 
 def _merge(base, values: object, where: str):

@@ -260,22 +260,43 @@ def fuse_train(
 def align_train(
     run: Annotated[Path, typer.Argument(help="Run folder with data/ and fuse/.")],
     recipe: Annotated[
-        Path | None, typer.Option(help="Recipe YAML (section align: sal, train, tau); flags override it.")
+        Path | None,
+        typer.Option(help="Recipe YAML (section align: sal, tau, train, train_all, ...); flags override it."),
+    ] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(
+            help="last: one query per user, history cut at a random point each epoch (the paper); "
+            "all: every position a causal query for the next item."
+        ),
     ] = None,
     attention: Annotated[str | None, typer.Option(help="sparse (window + block + selective), full or mean.")] = None,
     without: Annotated[
         list[str] | None, typer.Option(help="Drop a branch: window, block or selective (repeatable).")
     ] = None,
-    max_len: Annotated[int | None, typer.Option(help="Keep each history's most recent N items.")] = None,
+    max_len: Annotated[int | None, typer.Option(help="Keep each history's most recent N items (default 1024).")] = None,
     block_size: Annotated[int | None, typer.Option(help="b: items per interest block.")] = None,
     num_selected: Annotated[int | None, typer.Option(help="k: blocks attended item by item.")] = None,
     window: Annotated[
         int | None, typer.Option(help="W; 0 = the paper's protocol (8 if the history is longer than 30, else 4).")
     ] = None,
+    finetune_mfl: Annotated[
+        bool | None,
+        typer.Option(
+            "--finetune-mfl/--frozen-mfl",
+            help="Train the MFL with the SAL (its four losses kept as auxiliary terms) instead of freezing z.",
+        ),
+    ] = None,
+    uniform_negatives: Annotated[
+        int | None, typer.Option(help="Extra negatives per batch drawn uniformly from the catalogue.")
+    ] = None,
+    learn_tau: Annotated[
+        bool | None, typer.Option("--learn-tau/--fixed-tau", help="Learn the softmax temperature.")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (upper bound; early stopping on valid NDCG@10).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Users per batch: the in-batch negatives.")] = None,
-    tau: Annotated[float | None, typer.Option(help="Softmax temperature.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Users per batch.")] = None,
+    tau: Annotated[float | None, typer.Option(help="Softmax temperature (the start value with --learn-tau).")] = None,
     seed: Annotated[int, typer.Option(help="Seed: same seed, same result on CPU.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[
@@ -283,35 +304,40 @@ def align_train(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/align.")] = False,
 ) -> None:
-    """Train the Sparse Attention-based Alignment Layer on the frozen MFL vectors (objective: last); write RUN/align/."""
+    """Train the Sparse Attention-based Alignment Layer on the MFL vectors; write RUN/align/."""
     import dataclasses
 
     from mufasa_cli.config import load_recipe
     from mufasa_cli.runtime.device import resolve_device
-    from mufasa_cli.sal.train import run_align
+    from mufasa_cli.sal.train import run_align, train_config
 
     cfg = load_recipe(str(recipe) if recipe else None).align
-    sal_changes = {
-        k: v
-        for k, v in (
-            ("attention", attention),
-            ("without", tuple(without) if without else None),
-            ("max_len", max_len),
-            ("block_size", block_size),
-            ("num_selected", num_selected),
-            ("window", window),
-        )
-        if v is not None
-    }
-    train_changes = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
-    sal = dataclasses.replace(cfg.sal, **sal_changes)
-    train = dataclasses.replace(cfg.train, **train_changes)
+    sal = _replace_given(
+        cfg.sal,
+        objective=objective,
+        attention=attention,
+        without=tuple(without) if without else None,
+        max_len=max_len,
+        block_size=block_size,
+        num_selected=num_selected,
+        window=window,
+    )
+    cfg = _replace_given(
+        cfg,
+        sal=sal,
+        tau=tau,
+        learn_tau=learn_tau,
+        uniform_negatives=uniform_negatives,
+        finetune_mfl=finetune_mfl,
+    )
+    schedule = "train_all" if sal.objective == "all" else "train"
+    cfg = dataclasses.replace(
+        cfg, **{schedule: _replace_given(train_config(cfg), epochs=epochs, lr=lr, batch_size=batch_size)}
+    )
     with render.progress() as on_progress:
         manifest = run_align(
             run,
-            sal,
-            train,
-            tau=tau if tau is not None else cfg.tau,
+            cfg,
             seed=seed,
             device=resolve_device(device),
             resume=resume,
@@ -320,31 +346,62 @@ def align_train(
         )
     v = manifest["valid"]
     render.out.print(
-        f"SAL ({sal.attention}{', without ' + ', '.join(sal.without) if sal.without else ''}): valid HR@10 {v['HR@10']:.4f}  "
-        f"NDCG@10 {v['NDCG@10']:.4f}  best epoch {manifest['best_epoch']}/{manifest['epochs_run']}",
+        f"SAL ({sal.attention}{', without ' + ', '.join(sal.without) if sal.without else ''}, objective "
+        f"{sal.objective}): valid HR@10 {v['HR@10']:.4f}  NDCG@10 {v['NDCG@10']:.4f}  "
+        f"best epoch {manifest['best_epoch']}/{manifest['epochs_run']}",
         highlight=False,
     )
     render.out.print(f"wrote {run / 'align'}")
+
+
+def _replace_given(config, **changes):
+    """`config` with the options the user gave (not None) replacing its fields."""
+    import dataclasses
+
+    return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
 
 
 @app.command()
 @_guarded
 def embed(
     run: Annotated[Path, typer.Argument(help="Run folder with data/, fuse/ and align/.")],
+    users: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also embed the sequences of this parquet file: columns user, item (raw ids), "
+            "optionally timestamp or pos for the order (else file order). Unknown items are reported."
+        ),
+    ] = None,
+    explain: Annotated[
+        str | None,
+        typer.Option(
+            help="Print why the model embeds this user (raw id or index): interest blocks and their "
+            "weights, selected blocks, gates, top items of each branch, top recommendations. Writes nothing."
+        ),
+    ] = None,
+    top: Annotated[int, typer.Option(help="With --explain: items listed per branch and recommendations.")] = 5,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/embed.")] = False,
 ) -> None:
-    """Write user embeddings (train users up to their test target, zero-shot users without their targets) and item embeddings for every item to RUN/embed/."""
+    """Write user embeddings (train users up to their test target, zero-shot users without their targets, --users
+    sequences) and item embeddings for every item to RUN/embed/; or, with --explain, show one user's attention."""
     from mufasa_cli.runtime.device import resolve_device
-    from mufasa_cli.sal.train import run_embed
+    from mufasa_cli.sal import train as sal_train
 
-    manifest = run_embed(run, device=resolve_device(device), force=force)
+    if explain is not None:
+        if users is not None:
+            raise MufasaError("--explain and --users: choose one")
+        render.explanation(sal_train.explain(run, explain, device=resolve_device(device), top=top))
+        return
+    manifest = sal_train.run_embed(run, device=resolve_device(device), force=force, users_file=users)
     c = manifest["counts"]
     render.out.print(
         f"embedded {c['train_users']:,} train users, {c['zero_shot_users']:,} zero-shot users and {c['items']:,} items "
         f"({c['dim']}-d); wrote {run / 'embed'}",
         highlight=False,
     )
+    if "external" in manifest:
+        render.external_users(manifest["external"])
 
 
 def main() -> None:

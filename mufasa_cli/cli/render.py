@@ -202,3 +202,79 @@ def fuse_summary(manifest: Mapping) -> None:
         for name, value in rows.items():
             x.add_row(name, f"[bold]{value:.3f}[/]" if value == best else f"{value:.3f}")
         out.print(x)
+
+
+def _title(text: str, width: int = 48) -> str:
+    text = text or "(no title)"
+    return escape(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def _items_table(title: str, rows: list[Mapping]) -> Table:
+    t = Table(title=title, title_justify="left")
+    t.add_column("position", justify="right")
+    t.add_column("item")
+    t.add_column("title")
+    t.add_column("weight", justify="right")
+    for r in rows:
+        t.add_row(str(r["position"]), escape(str(r["item"])), _title(r["title"]), f"{r['weight']:.3f}")
+    return t
+
+
+def explanation(ex: Mapping, max_blocks: int = 10) -> None:
+    """`embed --explain USER`: what the SAL attended to for one user."""
+    out.print(
+        f"user {escape(str(ex['user']))} ({ex['role']}): reads the last {ex['read']:,} of {ex['history_length']:,} "
+        f"items; attention {ex['attention']}, objective {ex['objective']}",
+        highlight=False,
+    )
+    if "gates" in ex:
+        out.print(
+            "gates: " + "  ".join(f"{name} {value:.3f}" for name, value in ex["gates"].items()),
+            highlight=False,
+        )
+    if not ex["branches"]:
+        out.print(f"({ex['attention']} attention has no sparse branches to show)", highlight=False)
+    if ex.get("blocks"):
+        t = Table(
+            title=f"Interest blocks by block-attention weight (top {min(max_blocks, len(ex['blocks']))} "
+            f"of {len(ex['blocks'])}; * = selected for item-level attention)",
+            title_justify="left",
+        )
+        for col, justify in (("block", "right"), ("positions", "right"), ("weight", "right"), ("", "left")):
+            t.add_column(col, justify=justify)
+        t.add_column("items")
+        for blk in ex["blocks"][:max_blocks]:
+            first, last = blk["positions"]
+            titles = "; ".join(_title(x, 28) for x in blk["titles"][:3]) + ("; …" if len(blk["titles"]) > 3 else "")
+            t.add_row(
+                str(blk["block"]), f"{first}-{last}", f"{blk['weight']:.3f}", "*" if blk["selected"] else "", titles
+            )
+        out.print(t)
+    if ex.get("window"):
+        out.print(_items_table("Window branch (short-term interest)", ex["window"]))
+    if ex.get("selective"):
+        out.print(_items_table("Selective branch: top items of the selected blocks (core interest)", ex["selective"]))
+    r = Table(title="Top recommendations (unseen items by u . e)", title_justify="left")
+    r.add_column("item")
+    r.add_column("title")
+    r.add_column("score", justify="right")
+    for row in ex["recommendations"]:
+        r.add_row(escape(str(row["item"])), _title(row["title"]), f"{row['score']:.3f}")
+    out.print(r)
+
+
+def external_users(report: Mapping) -> None:
+    """`embed --users FILE`: what was embedded from the file and what was not."""
+    out.print(f"embedded {report['users']:,} users of {report['file']}", highlight=False)
+    if report["unknown_item_rows"]:
+        examples = ", ".join(map(str, report["unknown_examples"]))
+        warning_line(
+            f"{report['file']}: {report['unknown_item_rows']:,} rows name {report['unknown_items']:,} items not in "
+            f"the catalogue (e.g. {examples}); they were skipped"
+        )
+    if report["users_without_known_items"]:
+        examples = ", ".join(map(str, report["users_without_known_items_examples"]))
+        warning_line(
+            f"{report['file']}: {report['users_without_known_items']:,} users have no known item and got no "
+            f"embedding (e.g. {examples})"
+        )

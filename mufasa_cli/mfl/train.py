@@ -20,7 +20,7 @@ import polars as pl
 import torch
 
 from mufasa_cli import artifacts
-from mufasa_cli.config import FuseConfig, LightGCNConfig, MFLConfig
+from mufasa_cli.config import FuseConfig, LightGCNConfig, MFLConfig, restore
 from mufasa_cli.data import schema
 from mufasa_cli.errors import ArtifactError, DataSchemaError
 from mufasa_cli.metrics.ranking import csr, hit_rate, ndcg, target_ranks
@@ -216,8 +216,11 @@ class MFLBatches:
             present = torch.where(dropped.any(1, keepdim=True), dropped, present)  # keep at least one
         return model([f[idx] for f in self.features], present, self.genre[idx])
 
-    def loss(self, model: FusionNetwork, idx: torch.Tensor, train: bool) -> tuple[torch.Tensor, dict[str, float]]:
-        z = self.encode(model, idx, train)
+    def loss(
+        self, model: FusionNetwork, idx: torch.Tensor, train: bool, z: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Eq. 5 on items idx; z: their fused vectors when the caller already has them."""
+        z = self.encode(model, idx, train) if z is None else z
         w, parts = self.weights, {}
         total = z.sum() * 0.0
         if w["title"] > 0:
@@ -265,6 +268,12 @@ class MFLBatches:
         return z, (torch.cat(heads).numpy() if self.title is not None else None)
 
 
+def build_fusion(data: FuseData, cf_dim: int, cfg: MFLConfig) -> FusionNetwork:
+    dims = {m: v.shape[1] for m, v in data.modalities.items()}
+    title_dim = data.title.shape[1] if data.title is not None else None
+    return FusionNetwork(dims, max(len(data.genres), int(data.genre.max()) + 1), cf_dim, title_dim, cfg)
+
+
 def train_mfl(
     data: FuseData,
     cf: CFResult,
@@ -276,11 +285,7 @@ def train_mfl(
     on_step: OnStep | None,
 ) -> tuple[FusionNetwork, MFLBatches, dict]:
     seed_everything(seed)
-    dims = {m: v.shape[1] for m, v in data.modalities.items()}
-    title_dim = data.title.shape[1] if data.title is not None else None
-    model = FusionNetwork(
-        dims, max(len(data.genres), int(data.genre.max()) + 1), cf.item_cf.shape[1], title_dim, cfg
-    ).to(device)
+    model = build_fusion(data, cf.item_cf.shape[1], cfg).to(device)
     mb = MFLBatches(data, cf.item_cf, cf.has_cf, cfg, device)
     order = np.random.default_rng(epoch_seed(seed, 0, salt=3)).permutation(data.num_items)
     n_val = max(2, int(round(cfg.val_fraction * data.num_items)))
@@ -326,6 +331,28 @@ def train_mfl(
 
 
 # ---------------------------------------------------------------- the stage
+
+
+def load_mfl(run_dir: Path, device: torch.device) -> tuple[FusionNetwork, MFLBatches]:
+    """The trained fusion network of RUN/fuse and its item tensors, to train on (`align-train
+    --finetune-mfl`)."""
+    fuse_dir = run_dir / STAGE
+    manifest = artifacts.verify_stage(fuse_dir)
+    data = load_data(run_dir)
+    meta = artifacts.tensor_metadata(fuse_dir / MFL_FILE)
+    if meta.get("modalities") != list(data.modalities):
+        raise ArtifactError(
+            f"{fuse_dir / MFL_FILE}: trained on modalities {meta.get('modalities')}, data has {list(data.modalities)}"
+        )
+    cfg = restore(MFLConfig(), meta["config"], str(fuse_dir / MFL_FILE))
+    cf_dim = manifest["config"]["cf"]["dim"]
+    cf = artifacts.load_tensors(
+        fuse_dir / CF_FILE, {"item_cf": ("float32", (data.num_items, cf_dim)), "has_cf": ("bool", (data.num_items,))}
+    )
+    model = build_fusion(data, cf_dim, cfg)
+    state = artifacts.load_tensors(fuse_dir / MFL_FILE, {})
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    return model.to(device), MFLBatches(data, cf["item_cf"], cf["has_cf"], cfg, device)
 
 
 def _reusable_cf(run_dir: Path, data: FuseData, cfg: LightGCNConfig) -> CFResult | None:

@@ -1,51 +1,65 @@
-"""The SAL training loss: in-batch sampled softmax between users and their target items.
+"""The SAL training loss: sampled softmax between users and their target items.
 
-logit(i, j) = u_i . e_j / tau - log Q(item_j), Q the item's frequency in the training stream
-(the logQ correction of Yi et al., RecSys 2019: popular items appear as in-batch negatives
-more often, so their logits are discounted by how often they are sampled). A column whose
-item is the row's own target but sits in another row (an accidental hit) is masked out.
-Optional extra negatives (e.g. uniform samples) join as more columns, masked the same way.
+Row i scores its positive e_i against a set of negative columns:
+logit(i, j) = u_i . e_j / tau - log c_j, with c_j the expected number of times item j is drawn
+as a column by its sampler (the logQ correction of Yi et al., RecSys 2019: popular items turn
+up as negatives more often, so their logits are discounted by how often they are drawn). The
+positive gets the same correction as it would as a column of the in-batch sampler. Negatives:
+- in-batch: the batch's own targets, drawn from the training stream: c_j = S * p_j for S
+  columns, p_j item j's share of the stream;
+- uniform: M items drawn uniformly from the catalogue of N: c_j = M / N.
+A negative that is the row's own target item (an accidental hit) is masked out.
 
-Legend: B users in the batch, M extra negatives, D width.
+Legend: R rows (queries), S in-batch columns, M uniform columns, D width, N items.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch.nn import functional as F
+
+
+@dataclass
+class Negatives:
+    emb: torch.Tensor  # (C, D)
+    items: torch.Tensor  # (C,) item ids
+    log_count: torch.Tensor  # (C,) log expected draws of each column's item
+
+    @staticmethod
+    def cat(parts: list[Negatives]) -> Negatives:
+        return Negatives(*(torch.cat([getattr(p, f) for p in parts]) for f in ("emb", "items", "log_count")))
+
+
+def in_batch(e: torch.Tensor, items: torch.Tensor, log_p: torch.Tensor) -> Negatives:
+    """The batch's target items as negatives: e (S, D), items (S,), log_p (N,) stream log shares."""
+    return Negatives(e, items, log_p[items] + math.log(len(items)))
+
+
+def uniform(e: torch.Tensor, items: torch.Tensor, num_items: int) -> Negatives:
+    """Items drawn uniformly from the catalogue: e (M, D), items (M,)."""
+    return Negatives(e, items, torch.full((len(items),), math.log(len(items) / num_items), device=e.device))
 
 
 def sampled_softmax_loss(
     u: torch.Tensor,
     e: torch.Tensor,
     targets: torch.Tensor,
-    log_q: torch.Tensor,
+    log_count: torch.Tensor,
+    negatives: Negatives,
     tau: float | torch.Tensor,
-    extra_e: torch.Tensor | None = None,
-    extra_items: torch.Tensor | None = None,
-    extra_log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """u: (B, D) users; e: (B, D) their target items' embeddings; targets: (B,) item ids;
-    log_q: (B,) log sampling probability of each target item; extra_*: (M, D), (M,), (M,)."""
-    assert u.shape == e.shape and targets.shape == log_q.shape == u.shape[:1], (
-        u.shape,
-        e.shape,
-        targets.shape,
-        log_q.shape,
-    )
-    columns, col_items, col_log_q = e, targets, log_q
-    if extra_e is not None:
-        assert extra_items is not None and extra_log_q is not None and extra_e.shape[1] == u.shape[1]
-        columns = torch.cat([e, extra_e])
-        col_items = torch.cat([targets, extra_items])
-        col_log_q = torch.cat([log_q, extra_log_q])
-    logits = u @ columns.T / tau - col_log_q[None, :]  # (B, B+M)
-    B = len(u)
-    own = torch.arange(B, device=u.device)
-    hit = col_items[None, :] == targets[:, None]  # (B, B+M)
-    hit[own, own] = False  # the positive itself stays
-    logits = logits.masked_fill(hit, -torch.inf)
-    return F.cross_entropy(logits, own)
+    """u: (R, D) users; e: (R, D) their target items' embeddings; targets: (R,) item ids;
+    log_count: (R,) the log correction of each target item; negatives: C columns."""
+    assert u.shape == e.shape and targets.shape == log_count.shape == u.shape[:1], (u.shape, e.shape, targets.shape)
+    assert negatives.emb.shape[1] == u.shape[1], (negatives.emb.shape, u.shape)
+    positive = (u * e).sum(-1) / tau - log_count  # (R,)
+    neg = u @ negatives.emb.T / tau - negatives.log_count[None, :]  # (R, C)
+    neg = neg.masked_fill(negatives.items[None, :] == targets[:, None], -torch.inf)  # accidental hits
+    logits = torch.cat([positive[:, None], neg], dim=1)  # (R, 1 + C), the positive first
+    return F.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long, device=u.device))
 
 
 def item_log_q(train_items: torch.Tensor, num_items: int) -> torch.Tensor:

@@ -1,15 +1,20 @@
-"""The SAL encoder: item tower, history tower, the three branches, the gate (objective `last`).
+"""The SAL encoder: item tower, history tower, the three branches, the gate.
 
-Item tower e_i = A_item(z_i). History h_t = A_hist(z_{i_t}) + a position embedding counted
-from the end of the sequence (the most recent item is position 0). The query is the last
-history item h_L. Each branch has its own W^Q, W^K, W^V (multi-head); sigmoid gates from the
-query weigh the branch outputs; u = Out(sum_m g_m z_m) + h_L.
+Item tower e_i = A_item(z_i). History h_t = A_hist(z_{i_t}) + a position embedding. Queries are
+history items: objective `last` (the paper) has one query per user, the last item, and counts
+positions from the end of the sequence (the most recent item is position 0); objective `all`
+makes every position a causal query and counts positions from the start, so that an earlier
+query's output never depends on later items. Each branch has its own W^Q, W^K, W^V (multi-head);
+sigmoid gates from the query weigh the branch outputs; u = Out(sum_m g_m z_m) + h_query.
+u and e are L2-normalised, so u . e is a cosine and the softmax temperature sets the logit scale
+(unnormalised, tau = 0.07 gave initial losses above 200 and many wasted epochs).
 
 Variants (for the ablations and the paper's Table 6): attention = "full" replaces the
-branches by one attention over every history item; "mean" by mean pooling of the history;
-`without` drops branches from the gate.
+branches by one attention over every history item up to the query; "mean" by mean pooling of
+those items; `without` drops branches from the gate.
 
-Legend: B users, L history length, D model width, d_z fused item width, N items.
+Legend: B users, Q queries per user, L history length, D model width, d_z fused item width,
+N items.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from mufasa_cli.config import BRANCHES, SALConfig
 from mufasa_cli.sal.attention import (
@@ -25,11 +31,12 @@ from mufasa_cli.sal.attention import (
     block_attention,
     block_vectors,
     gate,
-    last_items,
     paper_window_sizes,
     select_blocks,
     selective_attention,
+    visible_blocks,
     window_attention,
+    window_positions,
 )
 
 
@@ -37,13 +44,14 @@ from mufasa_cli.sal.attention import (
 class Explanation:
     """What one forward pass attended to, for `embed --explain` and tests."""
 
-    block_weights: torch.Tensor | None = None  # (B, nB)
-    selected_blocks: torch.Tensor | None = None  # (B, k)
-    selected_valid: torch.Tensor | None = None  # (B, k)
-    window_weights: torch.Tensor | None = None  # (B, H, W)
-    selective_positions: torch.Tensor | None = None  # (B, k*b)
-    selective_weights: torch.Tensor | None = None  # (B, k*b)
-    gates: torch.Tensor | None = None  # (B, branches)
+    block_weights: torch.Tensor | None = None  # (B, Q, nB)
+    selected_blocks: torch.Tensor | None = None  # (B, Q, k)
+    selected_valid: torch.Tensor | None = None  # (B, Q, k)
+    window_positions: torch.Tensor | None = None  # (B, Q, W)
+    window_weights: torch.Tensor | None = None  # (B, Q, W), averaged over heads
+    selective_positions: torch.Tensor | None = None  # (B, Q, k*b)
+    selective_weights: torch.Tensor | None = None  # (B, Q, k*b)
+    gates: torch.Tensor | None = None  # (B, Q, branches)
 
 
 class QKV(nn.Module):
@@ -71,49 +79,65 @@ class SALEncoder(nn.Module):
         self.phi = nn.Linear(cfg.block_size * D, D) if self.uses_blocks and cfg.phi == "linear" else None
         self.gate = nn.Linear(D, len(self.branches)) if self.branches else None
         self.out = nn.Linear(D, D)
+        self.causal = cfg.objective == "all"
 
     def items(self, z: torch.Tensor) -> torch.Tensor:
-        """e = A_item(z): (N, d_z) -> (N, D)."""
-        return self.item_tower(z)
+        """e = A_item(z), unit length: (N, d_z) -> (N, D)."""
+        return F.normalize(self.item_tower(z), dim=-1)
 
     def history(self, z_hist: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, L, d_z) right-padded fused vectors -> h (B, L, D) with positions from the end."""
+        """(B, L, d_z) right-padded fused vectors -> h (B, L, D) with their position embeddings."""
         B, L, _ = z_hist.shape
-        from_end = (lengths[:, None] - 1 - torch.arange(L, device=z_hist.device)[None, :]).clamp(min=0)
-        return self.hist_tower(z_hist) + self.position(from_end.clamp(max=self.cfg.max_len - 1))
+        at = torch.arange(L, device=z_hist.device)[None, :]
+        pos = at.expand(B, L) if self.causal else (lengths[:, None] - 1 - at).clamp(min=0)  # from start / end
+        return self.hist_tower(z_hist) + self.position(pos.clamp(max=self.cfg.max_len - 1))
 
     def users(self, z_hist: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, Explanation]:
-        """u (B, D) for the histories z_hist (B, L, d_z) with lengths (B,) >= 1."""
+        """u (B, D) for the histories z_hist (B, L, d_z) with lengths (B,) >= 1: the output at
+        the last item, under the rule the model was trained with."""
+        u, ex = self.encode(z_hist, lengths, (lengths - 1)[:, None])
+        return u[:, 0], ex
+
+    def encode(
+        self, z_hist: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor
+    ) -> tuple[torch.Tensor, Explanation]:
+        """The outputs (B, Q, D) at query positions qpos (B, Q), each < its user's length."""
         cfg, H = self.cfg, self.cfg.num_heads
         h = self.history(z_hist, lengths)
-        q = last_items(h, lengths)  # (B, D)
-        ex = Explanation()
         B, L, D = h.shape
+        q = h[torch.arange(B, device=h.device)[:, None], qpos]  # (B, Q, D)
+        ex = Explanation()
+        upto = torch.arange(L, device=h.device) <= qpos[..., None]  # (B, Q, L): items a query may see
         if cfg.attention == "mean":
-            mask = (torch.arange(L, device=h.device)[None, :] < lengths[:, None]).float()
-            pooled = (h * mask[..., None]).sum(1) / lengths[:, None]
-            return self.out(pooled) + q, ex
+            real = (torch.arange(L, device=h.device)[None, :] < lengths[:, None]).to(h.dtype)
+            running = (h * real[..., None]).cumsum(1)  # (B, L, D)
+            pooled = running[torch.arange(B, device=h.device)[:, None], qpos] / (qpos + 1)[..., None].to(h.dtype)
+            return self.finish(pooled, q), ex
         if cfg.attention == "full":
             p = self.full
-            mask = torch.arange(L, device=h.device)[None, :] < lengths[:, None]
-            z, _ = attend(p.q(q), p.k(h), p.v(h), mask, H)
-            return self.out(z) + q, ex
+            z, _ = attend(p.q(q), p.k(h), p.v(h), upto, H)
+            return self.finish(z, q), ex
         outs: dict[str, torch.Tensor] = {}
         if "window" in self.branches:
             p = self.proj["window"]
-            windows = torch.full_like(lengths, cfg.window) if cfg.window else paper_window_sizes(lengths)
-            outs["window"], ex.window_weights = window_attention(p.q(q), p.k(h), p.v(h), lengths, windows, H)
+            windows = torch.full_like(qpos, cfg.window) if cfg.window else paper_window_sizes(qpos + 1)
+            outs["window"], w = window_attention(p.q(q), p.k(h), p.v(h), qpos, windows, H)
+            ex.window_positions, ex.window_weights = window_positions(qpos, windows)[0], w.mean(1)
         if self.uses_blocks:
             p = self.proj["block"]
             blocks, block_mask = block_vectors(h, lengths, cfg.block_size, self.phi)  # eq. 8
-            outs["block"], ex.block_weights = block_attention(p.q(q), p.k(blocks), p.v(blocks), block_mask, H)
+            visible = visible_blocks(block_mask, qpos, cfg.block_size, self.causal)
+            outs["block"], ex.block_weights = block_attention(p.q(q), p.k(blocks), p.v(blocks), visible, H)
         if "selective" in self.branches:
             p = self.proj["selective"]
-            idx, valid = select_blocks(ex.block_weights, block_mask, cfg.num_selected)  # eq. 10
+            idx, valid = select_blocks(ex.block_weights, visible, cfg.num_selected)  # eq. 10
             ex.selected_blocks, ex.selected_valid = idx, valid
             outs["selective"], ex.selective_positions, ex.selective_weights = selective_attention(
-                p.q(q), p.k(h), p.v(h), lengths, idx, valid, cfg.block_size, H
+                p.q(q), p.k(h), p.v(h), qpos, idx, valid, cfg.block_size, H
             )
-        outs = [outs[b] for b in self.branches]
-        mixed, ex.gates = gate(q, outs, self.gate)
-        return self.out(mixed) + q, ex
+        mixed, ex.gates = gate(q, [outs[b] for b in self.branches], self.gate)
+        return self.finish(mixed, q), ex
+
+    def finish(self, mixed: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """u = Out(mixed) + q, unit length like e: scores u . e are cosines, so tau sets their scale."""
+        return F.normalize(self.out(mixed) + q, dim=-1)

@@ -1,36 +1,50 @@
-"""`align-train` and `embed`: the SAL trained on frozen MFL vectors, then user/item embeddings.
+"""`align-train` and `embed`: the SAL trained on the MFL vectors, then user/item embeddings.
 
 Objective `last` (the paper): each epoch, every training user's train sequence is cut at a
-random point; the items before the cut are the history, the item at the cut the target.
+random point; the items before the cut are the history, the item at the cut the target; the
+batch's targets are the negatives. Objective `all`: every position of a user's train
+sequence is a causal query whose target is the next item; a sample of the batch's targets
+(at most `in_batch_negatives`) are the negatives. Either may add uniform negatives.
 Early stopping on leave-one-out validation NDCG@10 by full ranking over all items (the
 user's train items masked): history = all train items, target = the valid item.
 
-Legend: U users, N items, L history length, d_z fused width, D SAL width.
+z, the fused item vectors, is frozen by default. With `finetune_mfl` the fusion network of
+RUN/fuse is trained too: each step encodes the batch's items afresh and adds its four losses
+(eq. 5) on them, weighted by `mfl_weight`; the new z is written to RUN/align/fused.safetensors
+and `embed` uses it.
+
+Legend: U users, N items, L history length, R queries in a batch, d_z fused width, D SAL width.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import torch
+from torch import nn
 
 from mufasa_cli import artifacts
-from mufasa_cli.config import SALConfig, TrainConfig
+from mufasa_cli.config import AlignConfig, SALConfig, TrainConfig, restore
 from mufasa_cli.data import schema
 from mufasa_cli.errors import DataSchemaError
 from mufasa_cli.metrics.ranking import csr, hit_rate, ndcg, target_ranks
-from mufasa_cli.mfl.train import FUSED_FILE
+from mufasa_cli.mfl.fusion import FusionNetwork
+from mufasa_cli.mfl.train import FUSED_FILE, MFL_FILE, load_mfl
 from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
-from mufasa_cli.sal.loss import item_log_q, sampled_softmax_loss
+from mufasa_cli.sal.loss import Negatives, in_batch, item_log_q, sampled_softmax_loss, uniform
 from mufasa_cli.sal.model import SALEncoder
 
 STAGE = "align"
 SAL_FILE = "sal.safetensors"
 USERS_FILE, ITEMS_FILE = "users.safetensors", "items.safetensors"
+EXTERNAL_FILE, EXTERNAL_TABLE = "external.safetensors", "external.parquet"
+TAU_RANGE = (0.01, 1.0)
 
 
 @dataclass
@@ -41,10 +55,16 @@ class Sequences:
     splits: np.ndarray  # (T,) str
     indptr: np.ndarray  # (U+1,)
     roles: np.ndarray  # (U,) str
+    raw_ids: np.ndarray  # (U,) str
 
     def of(self, user: int) -> tuple[np.ndarray, np.ndarray]:
         s, e = self.indptr[user], self.indptr[user + 1]
         return self.items[s:e], self.splits[s:e]
+
+    def embed_history(self, user: int) -> np.ndarray:
+        """What a user's embedding reads: every item but the test targets."""
+        items, splits = self.of(user)
+        return items[splits != "test"]
 
 
 def load_sequences(data_dir: Path) -> Sequences:
@@ -56,16 +76,19 @@ def load_sequences(data_dir: Path) -> Sequences:
         splits=np.array(inter["split"].to_list()),
         indptr=np.concatenate([[0], np.cumsum(counts)]),
         roles=np.array(users["role"].to_list()),
+        raw_ids=np.array(users["raw_id"].to_list()),
     )
 
 
 def load_z(run_dir: Path) -> tuple[np.ndarray, dict]:
-    """Fused item vectors from RUN/fuse, refusing a fuse/ built from an older data/."""
-    fuse_dir = run_dir / "fuse"
-    artifacts.verify_stage(fuse_dir)
-    artifacts.check_not_stale(fuse_dir)
-    z = artifacts.load_tensors(fuse_dir / FUSED_FILE, {"z": ("float32", (None, None))})["z"]
-    return z, artifacts.input_record(fuse_dir)
+    """Fused item vectors: RUN/align's when the MFL was finetuned there, else RUN/fuse's
+    (refusing a fuse/ built from an older data/)."""
+    tuned = run_dir / STAGE / FUSED_FILE
+    if tuned.is_file():
+        return artifacts.load_tensors(tuned, {"z": ("float32", (None, None))})["z"], artifacts.input_record(
+            tuned.parent
+        )
+    return _fuse_z(run_dir)
 
 
 def pad(histories: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,16 +109,97 @@ def user_embeddings(
     out = []
     for s in range(0, len(histories), chunk):
         ids, lengths = pad(histories[s : s + chunk], max_len)
-        out.append(model.users(z[ids], lengths)[0])
-    return torch.cat(out) if out else torch.zeros(0, model.cfg.d_model)
+        out.append(model.users(z[ids.to(z.device)], lengths.to(z.device))[0])
+    return torch.cat(out) if out else torch.zeros(0, model.cfg.d_model, device=z.device)
+
+
+class Aligner(nn.Module):
+    """What align-train optimises: the SAL, log(tau), and the fusion network when finetuned."""
+
+    def __init__(self, sal: SALEncoder, tau: float, learn_tau: bool, fusion: FusionNetwork | None):
+        super().__init__()
+        self.sal = sal
+        self.fusion = fusion
+        log_tau = torch.tensor(math.log(tau))
+        if learn_tau:
+            self.log_tau = nn.Parameter(log_tau)
+        else:
+            self.register_buffer("log_tau", log_tau)
+
+    def tau(self) -> torch.Tensor:
+        return self.log_tau.clamp(math.log(TAU_RANGE[0]), math.log(TAU_RANGE[1])).exp()
+
+
+@dataclass
+class TrainData:
+    train_seqs: list[np.ndarray]  # each training user's train items (>= 2)
+    valid_hist: list[np.ndarray]
+    valid_target: np.ndarray
+    num_items: int
+
+
+def split_for_training(seqs: Sequences, num_items: int, data_dir: Path) -> TrainData:
+    train_seqs, valid_hist, valid_target = [], [], []
+    for u in np.flatnonzero(seqs.roles == "train"):
+        items, splits = seqs.of(int(u))
+        tr = items[splits == "train"]
+        if len(tr) >= 2:
+            train_seqs.append(tr)
+        va = items[splits == "valid"]
+        if len(tr) >= 1 and len(va):
+            valid_hist.append(tr)
+            valid_target.append(int(va[0]))
+    if not train_seqs:
+        raise DataSchemaError(f"{data_dir}: no training user has two train interactions to learn from")
+    return TrainData(train_seqs, valid_hist, np.array(valid_target, dtype=np.int64), num_items)
+
+
+def last_batches(data: TrainData, bs: int, max_len: int, device: torch.device):
+    """Objective `last`: one random cut per user; yields (ids, lengths, qpos (B, 1), targets (B, 1))."""
+
+    def batches(rng: np.random.Generator):
+        order = rng.permutation(len(data.train_seqs))
+        for s in range(0, len(order), bs):
+            rows = order[s : s + bs]
+            if len(rows) < 2:
+                continue
+            hist, targets = [], []
+            for r in rows:
+                seq = data.train_seqs[r]
+                cut = int(rng.integers(1, len(seq)))  # history seq[:cut], target seq[cut]
+                hist.append(seq[:cut])
+                targets.append(seq[cut])
+            ids, lengths = pad(hist, max_len)
+            t = torch.as_tensor(np.array(targets))[:, None]
+            yield ids.to(device), lengths.to(device), (lengths - 1)[:, None].to(device), t.to(device)
+
+    return batches
+
+
+def all_batches(data: TrainData, bs: int, max_len: int, device: torch.device):
+    """Objective `all`: every position of the most recent max_len + 1 train items is a query
+    for the next item; yields (ids, lengths, qpos (B, L), targets (B, L), -1 = no query)."""
+
+    def batches(rng: np.random.Generator):
+        order = rng.permutation(len(data.train_seqs))
+        for s in range(0, len(order), bs):
+            seqs = [data.train_seqs[r][-(max_len + 1) :] for r in order[s : s + bs]]
+            ids, lengths = pad([q[:-1] for q in seqs], max_len)
+            targets = torch.full(ids.shape, -1, dtype=torch.long)
+            for i, q in enumerate(seqs):
+                targets[i, : len(q) - 1] = torch.as_tensor(q[1:])
+            if int((targets >= 0).sum()) < 2:
+                continue
+            qpos = torch.minimum(torch.arange(ids.shape[1])[None, :], lengths[:, None] - 1)
+            yield ids.to(device), lengths.to(device), qpos.to(device), targets.to(device)
+
+    return batches
 
 
 def run_align(
     run_dir: Path,
-    cfg: SALConfig,
-    train_cfg: TrainConfig,
+    cfg: AlignConfig,
     *,
-    tau: float,
     seed: int,
     device: torch.device,
     resume: bool,
@@ -107,63 +211,75 @@ def run_align(
     artifacts.check_writable(out_dir, force)
     data_dir = run_dir / "data"
     artifacts.verify_stage(data_dir)
-    z_np, fuse_record = load_z(run_dir)
-    seqs = load_sequences(data_dir)
-    N = len(z_np)
-    z = torch.as_tensor(z_np, device=device)
+    z_np, fuse_record = _fuse_z(run_dir)
+    data = split_for_training(load_sequences(data_dir), len(z_np), data_dir)
+    N = data.num_items
     seed_everything(seed)
-    model = SALEncoder(z.shape[1], cfg).to(device)
+    fusion, mb = load_mfl(run_dir, device) if cfg.finetune_mfl else (None, None)
+    model = Aligner(SALEncoder(z_np.shape[1], cfg.sal), cfg.tau, cfg.learn_tau, fusion).to(device)
+    frozen_z = torch.as_tensor(z_np, device=device)
+    log_p = item_log_q(torch.as_tensor(np.concatenate(data.train_seqs)), N).to(device)
+    train_cfg = train_config(cfg)
+    make = all_batches if cfg.sal.objective == "all" else last_batches
+    batches = make(data, train_cfg.batch_size, cfg.sal.max_len, device)
 
-    train_users, train_seqs, valid_hist, valid_target, valid_users = [], [], [], [], []
-    for u in np.flatnonzero(seqs.roles == "train"):
-        items, splits = seqs.of(int(u))
-        tr = items[splits == "train"]
-        if len(tr) >= 2:
-            train_users.append(int(u))
-            train_seqs.append(tr)
-        va = items[splits == "valid"]
-        if len(tr) >= 1 and len(va):
-            valid_users.append(int(u))
-            valid_hist.append(tr)
-            valid_target.append(int(va[0]))
-    if not train_seqs:
-        raise DataSchemaError(f"{data_dir}: no training user has two train interactions to learn from")
-    all_train = np.concatenate(train_seqs)
-    log_q = item_log_q(torch.as_tensor(all_train), N).to(device)
-    seen = csr(
-        np.repeat(np.arange(len(valid_users)), [len(h) for h in valid_hist]),
-        np.concatenate(valid_hist),
-        len(valid_users),
-    )
-    bs = train_cfg.batch_size
-
-    def batches(rng: np.random.Generator):
-        order = rng.permutation(len(train_seqs))
-        for s in range(0, len(order), bs):
-            rows = order[s : s + bs]
-            if len(rows) < 2:
-                continue
-            hist, targets = [], []
-            for r in rows:
-                seq = train_seqs[r]
-                cut = int(rng.integers(1, len(seq)))  # history seq[:cut], target seq[cut]
-                hist.append(seq[:cut])
-                targets.append(seq[cut])
-            ids, lengths = pad(hist, cfg.max_len)
-            yield ids.to(device), lengths.to(device), torch.as_tensor(np.array(targets), device=device)
+    def item_vectors(items: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(unique items, their z) for the ids in `items`; z recomputed when finetuning."""
+        unique = torch.unique(items)
+        if fusion is None:
+            return unique, frozen_z[unique]
+        return unique, mb.encode(fusion, unique, train)
 
     def step(batch):
-        ids, lengths, targets = batch
-        u, _ = model.users(z[ids], lengths)
-        e = model.items(z[targets])
-        loss = sampled_softmax_loss(u, e, targets, log_q[targets], tau)
-        return loss, {"softmax": loss.item()}
+        ids, lengths, qpos, targets = batch
+        real = targets >= 0
+        extra = torch.randint(0, N, (cfg.uniform_negatives,), device=device)
+        unique, z_u = item_vectors(torch.cat([ids.flatten(), targets[real], extra]), True)
+        local = lambda x: torch.searchsorted(unique, x)  # noqa: E731  item id -> row of z_u
+        out, _ = model.sal.encode(z_u[local(ids)], lengths, qpos)
+        u, t = out[real], targets[real]  # (R, D), (R,)
+        e_all = model.sal.items(z_u)
+        e = e_all[local(t)]
+        if cfg.sal.objective == "all" and len(t) > cfg.in_batch_negatives:
+            cols = torch.randperm(len(t), device=device)[: cfg.in_batch_negatives]
+        else:
+            cols = torch.arange(len(t), device=device)
+        parts = [in_batch(e[cols], t[cols], log_p)]
+        if cfg.uniform_negatives:
+            parts.append(uniform(e_all[local(extra)], extra, N))
+        negatives = Negatives.cat(parts)
+        own = log_p[t] + math.log(len(cols))  # the positive's in-batch correction
+        loss = sampled_softmax_loss(u, e, t, own, negatives, model.tau())
+        shown = {"softmax": loss.item()}
+        if fusion is not None and cfg.mfl_weight > 0:
+            aux, mfl_parts = mb.loss(fusion, unique, True, z=z_u)
+            loss = loss + cfg.mfl_weight * aux
+            shown["mfl"] = mfl_parts["total"]
+        if cfg.learn_tau:
+            shown["tau"] = model.tau().item()
+        return loss, shown
+
+    seen = csr(
+        np.repeat(np.arange(len(data.valid_hist)), [len(h) for h in data.valid_hist]),
+        np.concatenate(data.valid_hist),
+        len(data.valid_hist),
+    )
+
+    @torch.no_grad()
+    def current_z() -> torch.Tensor:
+        return frozen_z if fusion is None else torch.as_tensor(mb.embed_all(fusion)[0], device=device)
 
     def valid_metrics() -> dict[str, float]:
-        users = user_embeddings(model, z, valid_hist, cfg.max_len)
-        items = model.items(z)
+        z = current_z()
+        users = user_embeddings(model.sal, z, data.valid_hist, cfg.sal.max_len)
+        with torch.no_grad():
+            items = model.sal.items(z)
         ranks = target_ranks(
-            lambda rows: users[torch.as_tensor(rows)], items, np.arange(len(valid_users)), np.array(valid_target), *seen
+            lambda rows: users[torch.as_tensor(rows, device=device)],
+            items,
+            np.arange(len(data.valid_hist)),
+            data.valid_target,
+            *seen,
         )
         return {"HR@10": float(hit_rate(ranks, 10).mean()), "NDCG@10": float(ndcg(ranks, 10).mean())}
 
@@ -172,30 +288,40 @@ def run_align(
         model=model,
         cfg=train_cfg,
         seed=seed,
-        steps_per_epoch=max(1, -(-len(train_seqs) // bs)),
+        steps_per_epoch=max(1, -(-len(data.train_seqs) // train_cfg.batch_size)),
         batches=batches,
         step_loss=step,
         validate=lambda: valid_metrics()["NDCG@10"],
         checkpoint=run_dir / f".{STAGE}.ckpt" / "sal.pt",
-        fingerprint={"sal": asdict(cfg), "tau": tau, "fuse": fuse_record},
+        fingerprint={"align": asdict(cfg), "fuse": fuse_record},
         resume=resume,
         on_step=on_step,
     )
-    with torch.no_grad():
-        metrics = valid_metrics()
+    model.eval()
+    metrics = valid_metrics()
+    tau = model.tau().item()
     with artifacts.stage_writer(out_dir, force=force) as tmp:
-        state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
-        artifacts.save_tensors(tmp / SAL_FILE, state, {"config": asdict(cfg), "z_dim": int(z.shape[1]), "tau": tau})
+        state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.sal.state_dict().items()}
+        artifacts.save_tensors(
+            tmp / SAL_FILE, state, {"config": asdict(cfg.sal), "z_dim": int(z_np.shape[1]), "tau": tau}
+        )
+        if fusion is not None:
+            fstate = {k: v.detach().cpu().contiguous().numpy() for k, v in fusion.state_dict().items()}
+            meta = artifacts.tensor_metadata(run_dir / "fuse" / MFL_FILE)
+            artifacts.save_tensors(tmp / MFL_FILE, fstate, meta)
+            artifacts.save_tensors(tmp / FUSED_FILE, {"z": current_z().cpu().numpy()})
         manifest = artifacts.write_manifest(
             tmp,
             stage=STAGE,
-            config={"sal": asdict(cfg), "train": asdict(train_cfg), "tau": tau, "objective": "last"},
+            config=asdict(cfg),
             seed=seed,
             inputs={"fuse": fuse_record, "data": artifacts.input_record(data_dir)},
-            counts={"train_users": len(train_seqs), "valid_users": len(valid_users), "items": N},
+            counts={"train_users": len(data.train_seqs), "valid_users": len(data.valid_hist), "items": N},
             wall_time_s=time.perf_counter() - started,
             extra={
                 "device": str(device),
+                "objective": cfg.sal.objective,
+                "tau": tau,
                 "valid": metrics,
                 "best_epoch": result.best_epoch + 1,
                 "epochs_run": result.epochs_run,
@@ -207,21 +333,79 @@ def run_align(
     return manifest
 
 
+def train_config(cfg: AlignConfig) -> TrainConfig:
+    """The training schedule of the configured objective."""
+    return cfg.train_all if cfg.sal.objective == "all" else cfg.train
+
+
+def _fuse_z(run_dir: Path) -> tuple[np.ndarray, dict]:
+    """align-train always starts from RUN/fuse's z, never from an earlier finetuned align/."""
+    fuse_dir = run_dir / "fuse"
+    artifacts.verify_stage(fuse_dir)
+    artifacts.check_not_stale(fuse_dir)
+    z = artifacts.load_tensors(fuse_dir / FUSED_FILE, {"z": ("float32", (None, None))})["z"]
+    return z, artifacts.input_record(fuse_dir)
+
+
 def load_sal(run_dir: Path, device: torch.device) -> tuple[SALEncoder, dict]:
     align_dir = run_dir / STAGE
     manifest = artifacts.verify_stage(align_dir)
     artifacts.check_not_stale(align_dir)
     meta = artifacts.tensor_metadata(align_dir / SAL_FILE)
-    cfg = SALConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+    cfg = restore(SALConfig(), meta["config"], str(align_dir / SAL_FILE))
     model = SALEncoder(int(meta["z_dim"]), cfg)
     state = artifacts.load_tensors(align_dir / SAL_FILE, {})
     model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
     return model.to(device).eval(), manifest
 
 
-def run_embed(run_dir: Path, *, device: torch.device, force: bool) -> dict:
+# ---------------------------------------------------------------- embed
+
+
+def read_external_users(path: Path, items: pl.DataFrame) -> tuple[list[str], list[np.ndarray], dict]:
+    """Sequences from a parquet file of (user, item[, timestamp | pos]) rows with raw ids, in
+    order of timestamp/pos when given, else file order. Unknown item ids are dropped and
+    reported; users left with no known item get no embedding and are reported."""
+    if not path.is_file():
+        raise DataSchemaError(f"{path}: no such file")
+    try:
+        table = pl.read_parquet(path)
+    except Exception as exc:  # polars raises several types for a file that is not parquet
+        raise DataSchemaError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
+    for col in ("user", "item"):
+        if col not in table.columns:
+            raise DataSchemaError(f"{path}: missing column {col!r} (columns: {', '.join(table.columns)})")
+    order = next((c for c in ("timestamp", "pos") if c in table.columns), None)
+    table = table.with_columns(pl.col("user").cast(pl.String), pl.col("item").cast(pl.String)).with_row_index("_row")
+    if table["user"].null_count() or table["item"].null_count():
+        raise DataSchemaError(f"{path}: null user or item id")
+    table = table.sort(["user", order, "_row"] if order else ["user", "_row"], maintain_order=True)
+    lookup = dict(zip(items["raw_id"].to_list(), items["item"].to_list(), strict=True))
+    mapped = table.with_columns(pl.col("item").replace_strict(lookup, default=-1, return_dtype=pl.Int64).alias("_id"))
+    unknown = mapped.filter(pl.col("_id") < 0)
+    users, histories, empty = [], [], []
+    for (user,), rows in mapped.filter(pl.col("_id") >= 0).group_by("user", maintain_order=True):
+        users.append(user)
+        histories.append(rows["_id"].to_numpy().astype(np.int64))
+    known = set(users)
+    empty = sorted(set(table["user"].unique().to_list()) - known)
+    report = {
+        "file": str(path),
+        "users": len(users),
+        "rows": table.height,
+        "unknown_item_rows": unknown.height,
+        "unknown_items": unknown["item"].n_unique(),
+        "unknown_examples": unknown["item"].unique(maintain_order=True).head(5).to_list(),
+        "users_without_known_items": len(empty),
+        "users_without_known_items_examples": empty[:5],
+    }
+    return users, histories, report
+
+
+def run_embed(run_dir: Path, *, device: torch.device, force: bool, users_file: Path | None = None) -> dict:
     """User embeddings (train users: history up to the test target; zero-shot users: their
-    history without the targets) and item embeddings for all items (cold ones through z)."""
+    history without the targets; users of `users_file`) and item embeddings for all items
+    (cold ones through their z)."""
     started = time.perf_counter()
     out_dir = run_dir / "embed"
     artifacts.check_writable(out_dir, force)
@@ -229,33 +413,135 @@ def run_embed(run_dir: Path, *, device: torch.device, force: bool) -> dict:
     z_np, _ = load_z(run_dir)
     z = torch.as_tensor(z_np, device=device)
     seqs = load_sequences(run_dir / "data")
+    external = None
+    if users_file is not None:
+        items = artifacts.load_table(run_dir / "data" / schema.ITEMS_FILE, schema.ITEM_COLUMNS)
+        external = read_external_users(users_file, items)
     users, histories = [], []
     for u in range(len(seqs.roles)):
-        items, splits = seqs.of(u)
-        hist = items[splits != "test"]
+        hist = seqs.embed_history(u)
         if len(hist):
             users.append(u)
             histories.append(hist)
+    user_emb = user_embeddings(model, z, histories, model.cfg.max_len).cpu().numpy()
     with torch.no_grad():
-        user_emb = user_embeddings(model, z, histories, model.cfg.max_len).cpu().numpy()
         item_emb = model.items(z).cpu().numpy()
     roles = seqs.roles[users]
+    counts = {
+        "users": len(users),
+        "train_users": int((roles == "train").sum()),
+        "zero_shot_users": int((roles == "zero_shot").sum()),
+        "items": len(item_emb),
+        "dim": int(item_emb.shape[1]),
+    }
     with artifacts.stage_writer(out_dir, force=force) as tmp:
         artifacts.save_tensors(tmp / USERS_FILE, {"user": np.array(users, dtype=np.int64), "emb": user_emb})
         artifacts.save_tensors(tmp / ITEMS_FILE, {"emb": item_emb})
+        extra = {}
+        if external is not None:
+            ext_users, ext_hist, report = external
+            ext_emb = user_embeddings(model, z, ext_hist, model.cfg.max_len).cpu().numpy()
+            artifacts.save_tensors(tmp / EXTERNAL_FILE, {"emb": ext_emb.reshape(len(ext_users), -1)})
+            table = pl.DataFrame(
+                {"user": ext_users, "row": np.arange(len(ext_users)), "length": [len(h) for h in ext_hist]},
+                schema={"user": pl.String, "row": pl.Int64, "length": pl.Int64},
+            )
+            artifacts.save_table(tmp / EXTERNAL_TABLE, table)
+            counts["external_users"] = len(ext_users)
+            extra["external"] = report
         manifest = artifacts.write_manifest(
             tmp,
             stage="embed",
-            config={"max_len": model.cfg.max_len},
+            config={"max_len": model.cfg.max_len, "users_file": str(users_file) if users_file else None},
             seed=None,
             inputs={"align": artifacts.input_record(run_dir / STAGE)},
-            counts={
-                "users": len(users),
-                "train_users": int((roles == "train").sum()),
-                "zero_shot_users": int((roles == "zero_shot").sum()),
-                "items": len(item_emb),
-                "dim": int(item_emb.shape[1]),
-            },
+            counts=counts,
             wall_time_s=time.perf_counter() - started,
+            extra=extra,
         )
     return manifest
+
+
+def find_user(seqs: Sequences, user: str, data_dir: Path) -> int:
+    """A user by raw id, or by internal index when no raw id matches."""
+    hits = np.flatnonzero(seqs.raw_ids == user)
+    if len(hits):
+        return int(hits[0])
+    if user.isdigit() and int(user) < len(seqs.roles):
+        return int(user)
+    raise DataSchemaError(f"user {user!r} is not in {data_dir / schema.USERS_FILE} (neither a raw id nor an index)")
+
+
+@torch.no_grad()
+def explain(run_dir: Path, user: str, *, device: torch.device, top: int = 5) -> dict:
+    """Why the SAL embeds `user` as it does: the history it reads (every item but the test
+    targets, the most recent max_len), the interest blocks with their block-attention weights,
+    the selected blocks, the gates, the top-weighted items of each branch, and the top
+    recommendations (unseen items by u . e), each with its title."""
+    model, manifest = load_sal(run_dir, device)
+    data_dir = run_dir / "data"
+    z = torch.as_tensor(load_z(run_dir)[0], device=device)
+    seqs = load_sequences(data_dir)
+    index = find_user(seqs, user, data_dir)
+    full = seqs.embed_history(index)
+    if not len(full):
+        raise DataSchemaError(f"user {user!r} has no history to embed")
+    hist = full[-model.cfg.max_len :]
+    offset = len(full) - len(hist)  # position in `hist` + offset = position in the user's sequence
+    items = artifacts.load_table(data_dir / schema.ITEMS_FILE, schema.ITEM_COLUMNS).sort("item")
+    titles = items["title"].fill_null("").to_list()
+    raw = items["raw_id"].to_list()
+
+    def item_row(pos: int, weight: float) -> dict:
+        it = int(hist[pos])
+        return {"position": pos + offset, "item": raw[it], "title": titles[it], "weight": weight}
+
+    ids, lengths = pad([hist], model.cfg.max_len)
+    u, ex = model.users(z[ids.to(device)], lengths.to(device))
+    cfg = model.cfg
+    out: dict = {
+        "user": seqs.raw_ids[index],
+        "role": str(seqs.roles[index]),
+        "history_length": len(full),
+        "read": len(hist),
+        "attention": cfg.attention,
+        "objective": cfg.objective,
+        "branches": list(model.branches),
+        "valid": manifest.get("valid"),
+    }
+    if ex.gates is not None:
+        out["gates"] = dict(zip(model.branches, ex.gates[0, 0].tolist(), strict=True))
+    if ex.window_weights is not None:
+        pos, w = ex.window_positions[0, 0].tolist(), ex.window_weights[0, 0].tolist()
+        out["window"] = [item_row(p, wt) for p, wt in zip(pos, w, strict=True) if p >= 0 and wt > 0]
+    if ex.block_weights is not None:
+        a = ex.block_weights[0, 0]
+        selected = set()
+        if ex.selected_blocks is not None:
+            selected = {int(j) for j, ok in zip(ex.selected_blocks[0, 0], ex.selected_valid[0, 0], strict=True) if ok}
+        b = cfg.block_size
+        blocks = []
+        for j in torch.argsort(a, descending=True, stable=True).tolist():
+            if a[j] <= 0:
+                continue
+            span = range(j * b, min((j + 1) * b, len(hist)))
+            blocks.append(
+                {
+                    "block": j,
+                    "positions": [span[0] + offset, span[-1] + offset],
+                    "weight": float(a[j]),
+                    "selected": j in selected,
+                    "titles": [titles[int(hist[p])] for p in span],
+                }
+            )
+        out["blocks"] = blocks
+    if ex.selective_weights is not None:
+        w = ex.selective_weights[0, 0]
+        pos = ex.selective_positions[0, 0]
+        order = [i for i in torch.argsort(w, descending=True, stable=True).tolist() if w[i] > 0][:top]
+        out["selective"] = [item_row(int(pos[i]), float(w[i])) for i in order]
+    scores = model.items(z) @ u[0]
+    scores[torch.as_tensor(np.unique(full), device=device)] = -torch.inf
+    best = torch.topk(scores, min(top, int(torch.isfinite(scores).sum()))).indices.tolist()
+    out["recommendations"] = [{"item": raw[i], "title": titles[i], "score": float(scores[i])} for i in best]
+    return out

@@ -1,20 +1,15 @@
-"""Each SAL branch equals dense attention under its mask; padding, edge lengths, ties, no NaN."""
+"""Each SAL branch equals dense attention under its mask; padding, edge lengths, ties, no NaN.
+
+Most tests use the paper's one query per user (Q = 1 at the last item) through the wrappers
+below; the causal tests give every position a query."""
 
 import math
 
 import pytest
 import torch
 
-from mufasa_cli.sal.attention import (
-    attend,
-    block_attention,
-    block_vectors,
-    gate,
-    paper_window_sizes,
-    select_blocks,
-    selective_attention,
-    window_attention,
-)
+from mufasa_cli.sal import attention as A
+from mufasa_cli.sal.attention import block_vectors, gate, paper_window_sizes
 
 D, H, b = 8, 2, 4
 
@@ -41,6 +36,35 @@ def _inputs(lengths, L=None, seed=0):
     k = torch.randn(len(lengths), L, D, generator=g)
     v = torch.randn(len(lengths), L, D, generator=g)
     return q, k, v, lengths
+
+
+def last(lengths):
+    return (lengths - 1)[:, None]
+
+
+def window_attention(q, k, v, lengths, W, heads):
+    out, w = A.window_attention(q[:, None], k, v, last(lengths), W[:, None], heads)
+    return out[:, 0], w[:, :, 0]
+
+
+def block_attention(q, bk, bv, mask, heads, lengths=None):
+    visible = mask[:, None, :]  # the last query sees every block, the partial last one included
+    out, a = A.block_attention(q[:, None], bk, bv, visible, heads)
+    return out[:, 0], a[:, 0]
+
+
+def select_blocks(a, mask, k):
+    return A.select_blocks(a, mask, k)
+
+
+def selective_attention(q, k, v, lengths, idx, sel, block, heads):
+    out, pos, w = A.selective_attention(q[:, None], k, v, last(lengths), idx[:, None], sel[:, None], block, heads)
+    return out[:, 0], pos[:, 0], w[:, 0]
+
+
+def attend(q, k, v, mask, heads):
+    out, w = A.attend(q[:, None], k, v, mask[:, None], heads)
+    return out[:, 0], w[:, :, 0]
 
 
 EDGE = [1, b - 1, b, b + 1, 7, 13]
@@ -177,3 +201,40 @@ def test_edge_lengths_finite_and_gradients_flow(n):
     u.sum().backward()
     assert torch.isfinite(k.grad).all()
     assert k.grad[0, n:].abs().sum() == 0  # padding gets no gradient
+
+
+def test_causal_queries_see_their_window_and_only_the_blocks_complete_at_them():
+    q1, k, v, lengths = _inputs([13])
+    L = 13
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(1, L, D, generator=g)  # one query per position
+    qpos = torch.arange(L)[None, :]
+    out, _ = A.window_attention(q, k, v, qpos, torch.full((1, L), 3), H)
+    for t in range(L):
+        torch.testing.assert_close(out[0, t], dense(q[0, t], k[0], v[0], list(range(max(0, t - 2), t + 1))))
+    bk, mask = block_vectors(k, lengths, b, None)
+    bv, _ = block_vectors(v, lengths, b, None)
+    visible = A.visible_blocks(mask, qpos, b, causal=True)
+    z, a = A.block_attention(q, bk, bv, visible, H)
+    idx, sel = A.select_blocks(a, visible, k=100)
+    zc, _, _ = A.selective_attention(q, k, v, qpos, idx, sel, b, H)
+    for t in range(L):
+        complete = (t + 1) // b  # blocks 0 .. complete-1 end at or before t
+        assert visible[0, t].tolist() == [j < complete for j in range(4)]
+        torch.testing.assert_close(z[0, t], dense(q[0, t], bk[0], bv[0], list(range(complete))))
+        # every visible block selected = item attention over the complete blocks' items
+        torch.testing.assert_close(zc[0, t], dense(q[0, t], k[0], v[0], list(range(complete * b))))
+    # the non-causal rule (the paper's last query) also sees the query's own partial block
+    own = A.visible_blocks(mask, qpos, b, causal=False)
+    assert own[0, 12].tolist() == [True] * 4 and own[0, 3].tolist() == [True, False, False, False]
+
+
+def test_causal_block_vectors_of_complete_blocks_ignore_later_items():
+    _, k, _, lengths = _inputs([13])
+    torch.manual_seed(0)
+    phi = torch.nn.Linear(b * D, D)
+    edited = k.clone()
+    edited[0, 9:] = torch.randn(4, D) * 10  # items after the second block
+    a, _ = block_vectors(k, lengths, b, phi)
+    c, _ = block_vectors(edited, lengths, b, phi)
+    torch.testing.assert_close(a[:, :2], c[:, :2])

@@ -19,19 +19,22 @@ VARIANTS = [("full", ()), ("mean", ())] + [
 ]
 
 
-@pytest.mark.parametrize(("attention", "without"), VARIANTS)
-def test_every_variant_runs_is_finite_and_ignores_padding(attention, without):
+def _model(**kw):
     torch.manual_seed(0)
-    model = SALEncoder(
-        ZD, SALConfig(d_model=8, num_heads=2, block_size=4, num_selected=2, without=without, attention=attention)
-    )
+    return SALEncoder(ZD, SALConfig(d_model=8, num_heads=2, block_size=4, num_selected=2, **kw))
+
+
+@pytest.mark.parametrize("objective", ["last", "all"])
+@pytest.mark.parametrize(("attention", "without"), VARIANTS)
+def test_every_variant_runs_is_finite_and_ignores_padding(attention, without, objective):
+    model = _model(without=without, attention=attention, objective=objective)
     z, lengths = _hist([1, 3, 4, 5, 17])
     u, ex = model.users(z, lengths)
     assert u.shape == (5, 8) and torch.isfinite(u).all()
     padded = torch.cat([z, torch.randn(5, 6, ZD) * 100], 1)
     torch.testing.assert_close(model.users(padded, lengths)[0], u)
     if attention == "sparse":
-        assert ex.gates.shape == (5, 3 - len(without))
+        assert ex.gates.shape == (5, 1, 3 - len(without))
     u.sum().backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
@@ -42,8 +45,8 @@ def test_without_block_still_selects_blocks():
     model = SALEncoder(ZD, SALConfig(d_model=8, num_heads=2, block_size=4, num_selected=2, without=("block",)))
     z, lengths = _hist([17])
     _, ex = model.users(z, lengths)
-    assert ex.block_weights is not None and ex.selected_blocks.shape == (1, 2)
-    assert ex.gates.shape == (1, 2)  # window and selective only
+    assert ex.block_weights is not None and ex.selected_blocks.shape == (1, 1, 2)
+    assert ex.gates.shape == (1, 1, 2)  # window and selective only
 
 
 def test_the_query_is_the_last_real_item():
@@ -56,6 +59,32 @@ def test_the_query_is_the_last_real_item():
     z[1] = z[0]
     u, _ = model.users(z, lengths)
     torch.testing.assert_close(u[0], u[1])
+
+
+@pytest.mark.parametrize(("attention", "without"), VARIANTS)
+def test_objective_all_is_causal_and_its_last_query_is_the_user(attention, without):
+    model = _model(without=without, attention=attention, objective="all", window=3)
+    z, lengths = _hist([17, 9, 1], L=17)
+    qpos = torch.minimum(torch.arange(17)[None, :], lengths[:, None] - 1)
+    out, _ = model.encode(z, lengths, qpos)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[torch.arange(3), lengths - 1], model.users(z, lengths)[0])
+    for t in [0, 3, 4, 7, 8, 12]:  # block edges for b = 4, and the window's
+        edited = z.clone()
+        edited[0, t + 1 :] = torch.randn(16 - t, ZD) * 10
+        again, _ = model.encode(edited, lengths, qpos)
+        torch.testing.assert_close(again[0, : t + 1], out[0, : t + 1])
+        assert not torch.allclose(again[0, t + 1 :], out[0, t + 1 :])
+    torch.testing.assert_close(again[1:], out[1:])  # other users untouched
+
+
+def test_objective_last_sees_the_partial_last_block_and_all_does_not():
+    z, lengths = _hist([6])  # blocks of 4: one complete, one partial (items 4, 5)
+    last, causal = _model(objective="last"), _model(objective="all")
+    _, ex = last.users(z, lengths)
+    assert ex.block_weights[0, 0].gt(0).tolist() == [True, True]
+    _, ex = causal.users(z, lengths)
+    assert ex.block_weights[0, 0].gt(0).tolist() == [True, False]
 
 
 def test_items_tower_shape():
@@ -71,6 +100,7 @@ def test_items_tower_shape():
         ({"without": ("window", "block", "selective")}, "at least one branch"),
         ({"phi": "max"}, "phi"),
         ({"d_model": 10, "num_heads": 4}, "divisible"),
+        ({"objective": "next"}, "--objective 'next'"),
     ],
 )
 def test_sal_config_rejects_bad_values(kwargs, message):

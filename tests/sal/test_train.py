@@ -1,21 +1,40 @@
-"""align-train and embed end to end on tiny synthetic (objective `last`)."""
+"""align-train and embed end to end on tiny synthetic: both objectives, finetuning, negatives,
+resume, external users, --explain, bad input."""
+
+import shutil
 
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from mufasa_cli import artifacts
-from tests.conftest import invoke
+from mufasa_cli.sal import train as sal_train
+from tests.conftest import folder_digest, invoke
 
 
 @pytest.fixture(scope="module")
-def aligned(tmp_path_factory):
-    run = tmp_path_factory.mktemp("align") / "run"
+def fused(tmp_path_factory):
+    run = tmp_path_factory.mktemp("fused") / "run"
     assert invoke("prepare", "synthetic", "--preset", "tiny", "--out", run).exit_code == 0
     assert invoke("fuse-train", run, "--epochs", "2", "--cf-epochs", "5").exit_code == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def aligned(fused, tmp_path_factory):
+    run = tmp_path_factory.mktemp("align") / "run"
+    shutil.copytree(fused, run)
     result = invoke("align-train", run, "--epochs", "3")
     assert result.exit_code == 0, result.output
+    assert invoke("embed", run).exit_code == 0
     return run, result
+
+
+def _copy(fused, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(fused, run)
+    return run
 
 
 def test_align_train_writes_weights_and_validation_metrics(aligned):
@@ -23,13 +42,12 @@ def test_align_train_writes_weights_and_validation_metrics(aligned):
     m = artifacts.verify_stage(run / "align")
     assert 0.0 <= m["valid"]["NDCG@10"] <= m["valid"]["HR@10"] <= 1.0
     assert m["inputs"]["fuse"]["manifest_sha256"] == artifacts.sha256_file(run / "fuse/manifest.json")
+    assert m["objective"] == "last" and m["tau"] == pytest.approx(0.07)
     assert "valid HR@10" in result.stdout and not (run / ".align.ckpt").exists()
 
 
 def test_embed_covers_train_and_zero_shot_users_and_every_item(aligned):
     run, _ = aligned
-    result = invoke("embed", run)
-    assert result.exit_code == 0, result.output
     users = pl.read_parquet(run / "data/users.parquet")
     items = pl.read_parquet(run / "data/items.parquet")
     u = artifacts.load_tensors(
@@ -42,14 +60,146 @@ def test_embed_covers_train_and_zero_shot_users_and_every_item(aligned):
     assert m["counts"]["zero_shot_users"] == (users["role"] == "zero_shot").sum()
 
 
-@pytest.mark.parametrize("flags", [("--attention", "full"), ("--attention", "mean"), ("--without", "selective")])
-def test_variants_train(aligned, flags, tmp_path):
-    run, _ = aligned
-    result = invoke("align-train", run, "--epochs", "1", "--force", *flags)
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--attention", "full"),
+        ("--attention", "mean"),
+        ("--without", "selective"),
+        ("--objective", "all", "--without", "window"),
+        ("--objective", "all", "--attention", "full"),
+    ],
+)
+def test_variants_train(fused, flags, tmp_path):
+    run = _copy(fused, tmp_path)
+    result = invoke("align-train", run, "--epochs", "1", *flags)
     assert result.exit_code == 0, result.output
-    assert artifacts.read_manifest(run / "align")["config"]["sal"]["attention"] == (
-        flags[1] if flags[0] == "--attention" else "sparse"
-    )
+    sal = artifacts.read_manifest(run / "align")["config"]["sal"]
+    assert sal["attention"] == (flags[flags.index("--attention") + 1] if "--attention" in flags else "sparse")
+
+
+def test_objective_all_trains_a_causal_model_and_embeds(fused, tmp_path):
+    run = _copy(fused, tmp_path)
+    result = invoke("align-train", run, "--objective", "all", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert "objective all" in result.stdout
+    m = artifacts.read_manifest(run / "align")
+    assert m["objective"] == "all" and m["epochs_run"] == 2 and m["config"]["train_all"]["epochs"] == 2
+    model, _ = sal_train.load_sal(run, torch.device("cpu"))
+    assert model.causal
+    assert invoke("embed", run).exit_code == 0
+
+
+def test_finetune_mfl_trains_z_and_embed_reads_the_new_z(fused, tmp_path):
+    run = _copy(fused, tmp_path)
+    result = invoke("align-train", run, "--finetune-mfl", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    old = artifacts.load_tensors(run / "fuse/fused.safetensors", {})["z"]
+    new = artifacts.load_tensors(run / "align/fused.safetensors", {})["z"]
+    assert new.shape == old.shape and not np.allclose(new, old)
+    assert (run / "align/mfl.safetensors").is_file()
+    assert invoke("embed", run).exit_code == 0
+    model, _ = sal_train.load_sal(run, torch.device("cpu"))
+    items = artifacts.load_tensors(run / "embed/items.safetensors", {})["emb"]
+    with torch.no_grad():
+        np.testing.assert_allclose(items, model.items(torch.as_tensor(new)).numpy(), rtol=1e-5, atol=1e-6)
+    # a later frozen run starts again from fuse/'s z and drops the finetuned one
+    assert invoke("align-train", run, "--epochs", "1", "--force").exit_code == 0
+    assert not (run / "align/fused.safetensors").exists()
+
+
+def test_uniform_negatives_and_learned_temperature(fused, tmp_path):
+    run = _copy(fused, tmp_path)
+    result = invoke("align-train", run, "--epochs", "3", "--uniform-negatives", "32", "--learn-tau", "--tau", "0.2")
+    assert result.exit_code == 0, result.output
+    m = artifacts.read_manifest(run / "align")
+    assert m["config"]["uniform_negatives"] == 32 and m["config"]["learn_tau"]
+    assert 0.01 <= m["tau"] <= 1.0 and m["tau"] != pytest.approx(0.2)
+
+
+def test_resume_replays_an_interrupted_run_exactly(fused, tmp_path, monkeypatch):
+    whole = _copy(fused, tmp_path / "whole")
+    assert invoke("align-train", whole, "--epochs", "4").exit_code == 0
+    run = _copy(fused, tmp_path / "cut")
+    real, calls = sal_train.sampled_softmax_loss, []
+
+    def crash_on_third_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # tiny: one step per epoch, so epochs 1 and 2 are checkpointed
+            raise RuntimeError("killed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sal_train, "sampled_softmax_loss", crash_on_third_step)
+    assert invoke("align-train", run, "--epochs", "4").exit_code == 1
+    assert (run / ".align.ckpt/sal.pt").is_file() and not (run / "align").exists()
+    monkeypatch.setattr(sal_train, "sampled_softmax_loss", real)
+    result = invoke("align-train", run, "--epochs", "4", "--resume")
+    assert result.exit_code == 0, result.output
+    a = artifacts.load_tensors(whole / "align/sal.safetensors", {})
+    b = artifacts.load_tensors(run / "align/sal.safetensors", {})
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_embed_users_file_orders_by_timestamp_and_reports_unknown_items(aligned, tmp_path):
+    run, _ = aligned
+    raw = pl.read_parquet(run / "data/items.parquet").sort("item")["raw_id"].to_list()
+    path = tmp_path / "seqs.parquet"
+    pl.DataFrame(
+        {
+            "user": ["a", "a", "a", "a", "b"],
+            "item": [raw[5], "nope-1", raw[9], raw[2], "nope-2"],
+            "timestamp": [3.0, 0.0, 2.0, 1.0, 5.0],
+        }
+    ).write_parquet(path)
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    result = invoke("embed", out, "--users", path, "--force")
+    assert result.exit_code == 0, result.output
+    assert "2 rows name 2 items not in the catalogue" in result.stderr and "1 users have no known item" in result.stderr
+    table = pl.read_parquet(out / "embed/external.parquet")
+    assert table["user"].to_list() == ["a"] and table["length"].to_list() == [3]
+    emb = artifacts.load_tensors(out / "embed/external.safetensors", {})["emb"]
+    model, _ = sal_train.load_sal(out, torch.device("cpu"))
+    z = torch.as_tensor(sal_train.load_z(out)[0])
+    expected = sal_train.user_embeddings(model, z, [np.array([2, 9, 5])], model.cfg.max_len)
+    np.testing.assert_allclose(emb, expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert artifacts.read_manifest(out / "embed")["external"]["unknown_examples"] == ["nope-1", "nope-2"]
+
+
+def test_bad_users_file_names_the_problem_and_keeps_the_old_embeddings(aligned, tmp_path):
+    run, _ = aligned
+    before = folder_digest(run / "embed")
+    path = tmp_path / "seqs.parquet"
+    pl.DataFrame({"uid": ["a"], "item": ["x"]}).write_parquet(path)
+    result = invoke("embed", run, "--users", path, "--force")
+    assert result.exit_code == 2 and f"{path}: missing column 'user'" in result.stderr
+    (tmp_path / "text.parquet").write_text("not parquet")
+    result = invoke("embed", run, "--users", tmp_path / "text.parquet", "--force")
+    assert result.exit_code == 2 and "not a readable parquet file" in result.stderr
+    assert "Traceback" not in result.output and folder_digest(run / "embed") == before
+
+
+def test_explain_prints_blocks_gates_branch_items_and_recommendations(aligned):
+    run, _ = aligned
+    users = pl.read_parquet(run / "data/users.parquet")
+    raw_user = users.filter(pl.col("role") == "train")["raw_id"][0]
+    result = invoke("embed", run, "--explain", raw_user)
+    assert result.exit_code == 0, result.output
+    for text in (
+        "gates: window",
+        "Interest blocks",
+        "selected",
+        "Window branch",
+        "Selective branch",
+        "Top recommendations",
+    ):
+        assert text in result.stdout, text
+    ex = sal_train.explain(run, raw_user, device=torch.device("cpu"))
+    assert sum(b["weight"] for b in ex["blocks"]) == pytest.approx(1.0, abs=1e-5)
+    assert sum(b["selected"] for b in ex["blocks"]) == min(4, len(ex["blocks"]))
+    assert all(0 < g < 1 for g in ex["gates"].values()) and len(ex["recommendations"]) == 5
+    result = invoke("embed", run, "--explain", "no-such-user")
+    assert result.exit_code == 2 and "user 'no-such-user' is not in" in result.stderr
 
 
 def test_stale_fuse_is_refused(tmp_path):
@@ -65,5 +215,7 @@ def test_bad_flags(aligned):
     run, _ = aligned
     result = invoke("align-train", run, "--force", "--attention", "dense")
     assert result.exit_code == 2 and "--attention 'dense'" in result.stderr
+    result = invoke("align-train", run, "--force", "--objective", "next")
+    assert result.exit_code == 2 and "--objective 'next'" in result.stderr
     result = invoke("embed", run / "nope")
     assert result.exit_code == 2 and "manifest.json: missing" in result.stderr
