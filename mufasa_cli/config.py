@@ -193,7 +193,7 @@ class AlignConfig:
     # `last` sees one target per user per epoch: many short epochs, validated every 5
     train: TrainConfig = TrainConfig(epochs=150, batch_size=128, lr=3e-3, patience=6, eval_every=5)
     # `all` sees every next item of every user each epoch: few long epochs, validated each one
-    train_all: TrainConfig = TrainConfig(epochs=20, batch_size=32, lr=2e-3, patience=2, eval_every=1)
+    train_all: TrainConfig = TrainConfig(epochs=10, batch_size=32, lr=2e-3, patience=2, eval_every=1)
 
     def __post_init__(self) -> None:
         _positive(self, "tau", "in_batch_negatives")

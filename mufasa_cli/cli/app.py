@@ -404,6 +404,64 @@ def embed(
         render.external_users(manifest["external"])
 
 
+class TableFormat(StrEnum):
+    table = "table"
+    md = "md"
+    csv = "csv"
+    json = "json"
+
+
+@app.command("eval")
+@_guarded
+def eval_(
+    run: Annotated[Path, typer.Argument(help="Run folder with data/, fuse/ and embed/.")],
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="loo (each train user's test item, full ranking), zero-shot (unseen users, last 3 "
+            "interactions) or cold-start (loo targets that are cold items)."
+        ),
+    ] = "loo",
+    compare: Annotated[
+        str, typer.Option(help="Baselines to compare with, comma-separated (available: lightgcn); '' for none.")
+    ] = "lightgcn",
+    k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "5,10,20,50,100",
+    keep_seen: Annotated[
+        bool, typer.Option("--keep-seen", help="Score the user's earlier items too (RecBole's protocol).")
+    ] = False,
+    test: Annotated[str, typer.Option(help="Paired significance test: ttest or wilcoxon.")] = "ttest",
+    fmt: Annotated[TableFormat, typer.Option("--format", help="table, md, csv or json.")] = TableFormat.table,
+    chunk: Annotated[int, typer.Option(help="Users scored at once (memory: chunk x items scores).")] = 1024,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/eval/PROTOCOL.")] = False,
+) -> None:
+    """Evaluate MUFASA (RUN/embed) and baselines on one protocol; print the paper's table and
+    write RUN/eval/PROTOCOL/metrics.json with per-user metrics and p-values."""
+    from mufasa_cli.eval.protocols import PROTOCOLS
+    from mufasa_cli.eval.run import TESTS, run_eval, write_eval
+
+    if protocol not in PROTOCOLS:
+        raise MufasaError(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
+    if test not in TESTS:
+        raise MufasaError(f"--test {test!r}: choose ttest or wilcoxon")
+    try:
+        ks = sorted({int(x) for x in k.split(",") if x.strip()})
+    except ValueError:
+        raise MufasaError(f"--k {k!r}: expected comma-separated integers like 5,10,20") from None
+    if not ks or ks[0] < 1:
+        raise MufasaError(f"--k {k!r}: cut-offs must be >= 1")
+    if chunk < 1:
+        raise MufasaError(f"--chunk {chunk}: must be >= 1")
+    from mufasa_cli import artifacts
+
+    artifacts.check_writable(run / "eval" / protocol, force)
+    names = [c.strip() for c in compare.split(",") if c.strip()]
+    result = run_eval(run, protocol=protocol, compare=names, ks=ks, keep_seen=keep_seen, test=test, chunk=chunk)
+    out_dir = write_eval(run, result, force)
+    render.eval_table(result, fmt.value)
+    if fmt is not TableFormat.json:
+        render.out.print(f"wrote {out_dir}", highlight=False)
+
+
 def main() -> None:
     app()
 

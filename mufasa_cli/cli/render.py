@@ -278,3 +278,108 @@ def external_users(report: Mapping) -> None:
             f"{report['file']}: {report['users_without_known_items']:,} users have no known item and got no "
             f"embedding (e.g. {examples})"
         )
+
+
+MODEL_NAMES = {
+    "mufasa": "MUFASA",
+    "lightgcn": "LightGCN",
+    "sasrec": "SASRec",
+    "dssm": "DSSM",
+    "youtube": "YouTubeDNN",
+    "mmgcn": "MMGCN",
+}
+
+
+def table_columns(result: Mapping) -> list[str]:
+    """The paper's columns: Table 2 (HR/NDCG @10/@20) for one target, Table 3 (R@k) for several."""
+    ks = result["ks"]
+    if any(m.startswith("Recall@") for m in result["metrics"]):
+        return [f"Recall@{k}" for k in ks] + [f"NDCG@{k}" for k in ks if k in (10, 20)]
+    return [f"{m}@{k}" for k in ks if k in (10, 20) for m in ("HR", "NDCG")] or [f"HR@{ks[0]}", f"NDCG@{ks[0]}"]
+
+
+def _label(name: str, params: int) -> str:
+    return (
+        f"{MODEL_NAMES.get(name, name)}-{params / 1e6:.1f}M"
+        if params >= 50_000
+        else f"{MODEL_NAMES.get(name, name)}-{params / 1e6:.2f}M"
+    )
+
+
+def eval_rows(result: Mapping) -> tuple[list[str], list[tuple[str, list[float], list[bool]]]]:
+    """(columns, [(row label, values, significant?)]): `*` marks MUFASA's cells that beat the
+    strongest baseline with p < 0.05."""
+    cols = table_columns(result)
+    rows = []
+    for name, m in result["models"].items():
+        values = [m["mean"][c] for c in cols]
+        sig = [
+            name == "mufasa"
+            and result["strongest_baseline"] is not None
+            and result["p_values"].get(c, 1.0) < 0.05
+            and m["mean"][c] > result["models"][result["strongest_baseline"]]["mean"][c]
+            for c in cols
+        ]
+        rows.append((_label(name, m["params"]), values, sig))
+    return cols, rows
+
+
+def eval_table(result: Mapping, fmt: str) -> None:
+    """Print the protocol's table: best bold, second underlined, `*` where significant."""
+    import json
+
+    cols, rows = eval_rows(result)
+    if fmt == "json":
+        out.print_json(json.dumps({k: v for k, v in result.items() if k not in ("per_user", "users")}))
+        return
+    order = {c: sorted({r[1][i] for r in rows}, reverse=True) for i, c in enumerate(cols)}
+
+    def cell(i: int, value: float, sig: bool, bold: str, under: str) -> str:
+        text = f"{value:.4f}{'*' if sig else ''}"
+        ranks = order[cols[i]]
+        if value == ranks[0]:
+            return bold.format(text)
+        if len(ranks) > 1 and value == ranks[1]:
+            return under.format(text)
+        return text
+
+    title = f"{result['protocol']}: {result['cases']:,} users, {result['pairs']:,} targets" + (
+        ", seen items kept" if result["keep_seen"] else ", seen items masked"
+    )
+    if fmt == "csv":
+        out.print("model," + ",".join(cols), highlight=False)
+        for label, values, sig in rows:
+            out.print(
+                label + "," + ",".join(f"{v:.6f}{'*' if s else ''}" for v, s in zip(values, sig, strict=True)),
+                highlight=False,
+            )
+        return
+    if fmt == "md":
+        header = f"{title}\n\n| Model | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols)
+        out.print(header, highlight=False, soft_wrap=True)
+        for label, values, sig in rows:
+            cells = [cell(i, v, s, "**{}**", "<u>{}</u>") for i, (v, s) in enumerate(zip(values, sig, strict=True))]
+            out.print(f"| {label} | " + " | ".join(cells) + " |", highlight=False, markup=False, soft_wrap=True)
+        return
+    t = Table(title=title, title_justify="left")
+    t.add_column("Model")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for label, values, sig in rows:
+        t.add_row(
+            label,
+            *[
+                cell(i, v, s, "[bold]{}[/]", "[underline]{}[/]")
+                for i, (v, s) in enumerate(zip(values, sig, strict=True))
+            ],
+        )
+    out.print(t)
+    if result["strongest_baseline"]:
+        out.print(
+            f"* p < 0.05, paired {result['test']} of MUFASA against the strongest baseline "
+            f"({MODEL_NAMES.get(result['strongest_baseline'])}, by {result['main_metric']})",
+            highlight=False,
+            soft_wrap=True,
+        )
+    for name, why in result["skipped"].items():
+        out.print(f"{MODEL_NAMES.get(name, name)} not evaluated: {why}", highlight=False)

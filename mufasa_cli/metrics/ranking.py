@@ -66,3 +66,35 @@ def csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarra
     indptr = np.zeros(num_users + 1, dtype=np.int64)
     np.add.at(indptr, users + 1, 1)
     return np.cumsum(indptr), items[order]
+
+
+def mrr(ranks: np.ndarray) -> np.ndarray:
+    """Reciprocal rank of a single target, untruncated."""
+    return 1.0 / (ranks + 1.0)
+
+
+def per_user_metrics(ranks: np.ndarray, owner: np.ndarray, num_users: int, ks: list[int]) -> dict[str, np.ndarray]:
+    """Per-user metrics from the ranks of each (user, target) pair; owner[i] = the pair's user
+    row in [0, num_users). Each target is ranked among the candidates, the user's other targets
+    included, so rank < k means "in the top-k list".
+
+    One target per user: HR@k, NDCG@k, MRR. Several: Recall@k = hits / targets and
+    NDCG@k = sum over hits of 1/log2(rank + 2), over the ideal sum_{i < min(k, targets)} 1/log2(i + 2).
+    """
+    counts = np.bincount(owner, minlength=num_users)
+    out: dict[str, np.ndarray] = {}
+    single = bool((counts == 1).all())
+    for k in ks:
+        hits = np.bincount(owner, weights=hit_rate(ranks, k), minlength=num_users)
+        dcg = np.bincount(owner, weights=ndcg(ranks, k), minlength=num_users)
+        ideal_terms = 1.0 / np.log2(np.arange(max(k, 1)) + 2.0)
+        idcg = np.cumsum(ideal_terms)[np.minimum(counts, k) - 1]
+        if single:
+            out[f"HR@{k}"] = hits
+            out[f"NDCG@{k}"] = dcg
+        else:
+            out[f"Recall@{k}"] = hits / counts
+            out[f"NDCG@{k}"] = dcg / idcg
+    if single:
+        out["MRR"] = mrr(ranks)[np.argsort(owner, kind="stable")]
+    return out

@@ -1,0 +1,182 @@
+"""`mufasa eval`: score models on one protocol, per user, with significance against the
+strongest baseline.
+
+Every model is reduced to user vectors for the protocol's cases and item vectors for the
+whole catalogue, scored by dot product in chunks of users (metrics/ranking.py: memory bounded
+by chunk x items, ties pessimistic, results independent of the chunk size).
+
+Models today: `mufasa` (RUN/embed) and `lightgcn` (RUN/fuse/cf.safetensors: the CF
+embeddings the MFL was trained against). LightGCN has no vector for a user outside its
+graph, so it does not take part in `zero-shot`.
+
+Legend: C cases, P (user, target) pairs, N items, D width.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mufasa_cli import artifacts
+from mufasa_cli.errors import ArtifactError, MufasaError
+from mufasa_cli.eval.protocols import Cases, build_cases
+from mufasa_cli.metrics.ranking import csr, per_user_metrics, target_ranks
+
+BASELINES = ("lightgcn",)
+DEFAULT_KS = (5, 10, 20, 50, 100)
+TESTS = ("ttest", "wilcoxon")
+
+
+@dataclass
+class Vectors:
+    users: torch.Tensor  # (C, D) rows aligned with the cases
+    items: torch.Tensor  # (N, D)
+    params: int  # learnable parameters behind them
+
+
+def mufasa_vectors(run_dir: Path, cases: Cases) -> Vectors:
+    embed_dir = run_dir / "embed"
+    artifacts.verify_stage(embed_dir)
+    artifacts.check_not_stale(embed_dir)
+    u = artifacts.load_tensors(
+        embed_dir / "users.safetensors", {"user": ("int64", (None,)), "emb": ("float32", (None, None))}
+    )
+    e = artifacts.load_tensors(embed_dir / "items.safetensors", {"emb": ("float32", (None, None))})["emb"]
+    row = {int(x): i for i, x in enumerate(u["user"])}
+    missing = [int(x) for x in cases.users if int(x) not in row]
+    if missing:
+        raise ArtifactError(
+            f"{embed_dir / 'users.safetensors'}: no embedding for user {missing[0]} (re-run mufasa embed)"
+        )
+    params = _count(run_dir / "align" / "sal.safetensors")
+    mfl = run_dir / "align" / "mfl.safetensors"
+    params += _count(mfl if mfl.is_file() else run_dir / "fuse" / "mfl.safetensors")
+    return Vectors(torch.as_tensor(u["emb"][[row[int(x)] for x in cases.users]]), torch.as_tensor(e), params)
+
+
+def lightgcn_vectors(run_dir: Path, cases: Cases) -> Vectors:
+    fuse_dir = run_dir / "fuse"
+    artifacts.verify_stage(fuse_dir)
+    t = artifacts.load_tensors(fuse_dir / "cf.safetensors", {})
+    if "user_cf" not in t:
+        raise ArtifactError(f"{fuse_dir / 'cf.safetensors'}: no user embeddings (re-run fuse-train --retrain-cf)")
+    params = int(t["user_cf"].size + t["item_cf"].size)
+    return Vectors(torch.as_tensor(t["user_cf"][cases.users]), torch.as_tensor(t["item_cf"]), params)
+
+
+def _count(path: Path) -> int:
+    return int(sum(v.size for v in artifacts.load_tensors(path, {}).values()))
+
+
+def score(cases: Cases, vectors: Vectors, ks: list[int], keep_seen: bool, chunk: int = 1024) -> dict[str, np.ndarray]:
+    """Per-case metrics: rank every (case, target) pair among all items, the case's history
+    masked unless keep_seen."""
+    exclude = (
+        ()
+        if keep_seen
+        else csr(
+            np.repeat(np.arange(len(cases)), [len(h) for h in cases.histories]),
+            np.concatenate(cases.histories) if len(cases) else np.zeros(0, np.int64),
+            len(cases),
+        )
+    )
+    ranks = target_ranks(
+        lambda rows: vectors.users[torch.as_tensor(rows)],
+        vectors.items,
+        cases.pair_owner,
+        cases.pair_target,
+        *exclude,
+        chunk=chunk,
+    )
+    return per_user_metrics(ranks, cases.pair_owner, len(cases), ks)
+
+
+def paired_p(ours: np.ndarray, theirs: np.ndarray, test: str) -> float:
+    """Two-sided p-value of a paired test over per-user metrics (1.0 when they never differ)."""
+    from scipy import stats
+
+    if np.allclose(ours, theirs):
+        return 1.0
+    result = stats.ttest_rel(ours, theirs) if test == "ttest" else stats.wilcoxon(ours, theirs)
+    return float(result.pvalue)
+
+
+def run_eval(
+    run_dir: Path,
+    *,
+    protocol: str,
+    compare: list[str],
+    ks: list[int],
+    keep_seen: bool,
+    test: str,
+    chunk: int = 1024,
+) -> dict:
+    started = time.perf_counter()
+    unknown = [m for m in compare if m not in BASELINES]
+    if unknown:
+        raise MufasaError(f"--compare {unknown[0]!r}: choose from {', '.join(BASELINES)}")
+    data_dir = run_dir / "data"
+    artifacts.verify_stage(data_dir)
+    cases = build_cases(data_dir, protocol)
+    if not len(cases):
+        raise MufasaError(f"{data_dir}: no {protocol} case (no user with a target for this protocol)")
+    models: dict[str, dict] = {}
+    loaders = {"mufasa": mufasa_vectors, "lightgcn": lightgcn_vectors}
+    skipped = {}
+    for name in ["mufasa", *compare]:
+        if name == "lightgcn" and protocol == "zero-shot":
+            skipped[name] = "no vector for users outside its training graph"
+            continue
+        vectors = loaders[name](run_dir, cases)
+        models[name] = {"params": vectors.params, "per_user": score(cases, vectors, ks, keep_seen, chunk)}
+    metrics = list(models["mufasa"]["per_user"])
+    means = {name: {k: float(v.mean()) for k, v in m["per_user"].items()} for name, m in models.items()}
+    main = "NDCG@10" if "NDCG@10" in metrics else metrics[0]
+    baselines = [n for n in models if n != "mufasa"]
+    strongest = max(baselines, key=lambda n: means[n][main]) if baselines else None
+    p_values = {}
+    if strongest:
+        for k in metrics:
+            p_values[k] = paired_p(models["mufasa"]["per_user"][k], models[strongest]["per_user"][k], test)
+    return {
+        "protocol": protocol,
+        "keep_seen": keep_seen,
+        "ks": ks,
+        "cases": len(cases),
+        "pairs": len(cases.pair_target),
+        "metrics": metrics,
+        "main_metric": main,
+        "models": {n: {"params": m["params"], "mean": means[n]} for n, m in models.items()},
+        "skipped": skipped,
+        "strongest_baseline": strongest,
+        "test": test,
+        "p_values": p_values,
+        "per_user": {n: {k: v.tolist() for k, v in m["per_user"].items()} for n, m in models.items()},
+        "users": cases.users.tolist(),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+    }
+
+
+def write_eval(run_dir: Path, result: dict, force: bool) -> Path:
+    """RUN/eval/<protocol>/ with metrics.json (means, p-values and per-user arrays)."""
+    out = run_dir / "eval" / result["protocol"]
+    with artifacts.stage_writer(out, force=force) as tmp:
+        # compact: the per-user arrays hold one number per case and metric
+        artifacts.atomic_write_bytes(tmp / "metrics.json", json.dumps(result, sort_keys=True).encode() + b"\n")
+        artifacts.write_manifest(
+            tmp,
+            stage="eval",
+            config={k: result[k] for k in ("protocol", "keep_seen", "ks", "test")},
+            seed=None,
+            inputs={
+                s: artifacts.input_record(run_dir / s) for s in ("data", "fuse", "embed") if (run_dir / s).is_dir()
+            },
+            counts={"cases": result["cases"], "pairs": result["pairs"], "models": len(result["models"])},
+            wall_time_s=result["wall_time_s"],
+        )
+    return out

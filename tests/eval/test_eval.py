@@ -1,0 +1,116 @@
+"""`mufasa eval` end to end on tiny synthetic, the protocols' cases, and the table's marks."""
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from mufasa_cli.cli import render
+from mufasa_cli.eval.protocols import build_cases
+from tests.conftest import folder_digest, invoke
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    assert invoke("prepare", "synthetic", "--preset", "tiny", "--out", run, "--cold-items", "0.05").exit_code == 0
+    assert invoke("fuse-train", run, "--epochs", "1", "--cf-epochs", "3").exit_code == 0
+    assert invoke("align-train", run, "--epochs", "2").exit_code == 0
+    assert invoke("embed", run).exit_code == 0
+    return run
+
+
+def test_cases_follow_the_protocols(embedded):
+    inter = pl.read_parquet(embedded / "data/interactions.parquet")
+    users = pl.read_parquet(embedded / "data/users.parquet")
+    loo = build_cases(embedded / "data", "loo")
+    zs = build_cases(embedded / "data", "zero-shot")
+    assert (
+        len(loo)
+        == len(loo.pair_target)
+        == inter.filter(pl.col("split") == "test").join(users.filter(pl.col("role") == "train"), on="user").height
+    )
+    assert len(zs) == (users["role"] == "zero_shot").sum() and len(zs.pair_target) == 3 * len(zs)
+    u = int(loo.users[0])
+    mine = inter.filter(pl.col("user") == u).sort("pos")
+    assert loo.histories[0].tolist() == mine.filter(pl.col("split") != "test")["item"].to_list()
+    assert loo.pair_target[0] == mine.filter(pl.col("split") == "test")["item"][0]
+    cold = build_cases(embedded / "data", "cold-start")
+    items = pl.read_parquet(embedded / "data/items.parquet").sort("item")
+    assert len(cold) and items["is_cold"].to_numpy()[cold.pair_target].all()
+
+
+def test_eval_loo_prints_table_2_and_writes_per_user_metrics(embedded):
+    result = invoke("eval", embedded, "--compare", "lightgcn")
+    assert result.exit_code == 0, result.output
+    for text in ("MUFASA-", "LightGCN-", "HR@10", "NDCG@20", "paired ttest"):
+        assert text in result.stdout
+    m = json.loads((embedded / "eval/loo/metrics.json").read_text())
+    assert set(m["models"]) == {"mufasa", "lightgcn"} and m["strongest_baseline"] == "lightgcn"
+    per_user = np.array(m["per_user"]["mufasa"]["NDCG@10"])
+    assert len(per_user) == m["cases"] and per_user.mean() == pytest.approx(m["models"]["mufasa"]["mean"]["NDCG@10"])
+    assert 0 <= m["p_values"]["NDCG@10"] <= 1
+
+
+def test_eval_zero_shot_prints_table_3_without_lightgcn(embedded):
+    result = invoke("eval", embedded, "--protocol", "zero-shot", "--format", "csv", "--k", "5,10,100")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "model,Recall@5,Recall@10,Recall@100,NDCG@10"
+    assert "LightGCN not evaluated" not in result.stdout  # csv prints rows only
+    m = json.loads((embedded / "eval/zero-shot/metrics.json").read_text())
+    assert list(m["models"]) == ["mufasa"] and "lightgcn" in m["skipped"]
+
+
+def test_keep_seen_changes_only_the_masking(embedded, tmp_path):
+    masked = json.loads((embedded / "eval/loo/metrics.json").read_text()) if (embedded / "eval/loo").exists() else None
+    result = invoke("eval", embedded, "--keep-seen", "--compare", "", "--force", "--format", "json")
+    assert result.exit_code == 0, result.output
+    kept = json.loads((embedded / "eval/loo/metrics.json").read_text())
+    assert kept["keep_seen"] and list(kept["models"]) == ["mufasa"]
+    if masked is not None:  # scoring seen items can only push targets down
+        assert kept["models"]["mufasa"]["mean"]["MRR"] <= masked["models"]["mufasa"]["mean"]["MRR"] + 1e-12
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--protocol", "lo"), "--protocol 'lo'"),
+        (("--compare", "sasrec2"), "--compare 'sasrec2'"),
+        (("--k", "5,x"), "--k '5,x'"),
+        (("--test", "anova"), "--test 'anova'"),
+    ],
+)
+def test_bad_eval_flags_name_the_value_and_keep_earlier_results(embedded, args, message):
+    before = folder_digest(embedded / "eval")
+    result = invoke("eval", embedded, "--force", *args)
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+    assert folder_digest(embedded / "eval") == before
+
+
+def test_table_marks_best_bold_second_underlined_and_significance(capsys):
+    result = {
+        "protocol": "loo",
+        "keep_seen": False,
+        "ks": [10, 20],
+        "cases": 3,
+        "pairs": 3,
+        "metrics": ["HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR"],
+        "main_metric": "NDCG@10",
+        "models": {
+            "mufasa": {"params": 300_000, "mean": {"HR@10": 0.5, "NDCG@10": 0.3, "HR@20": 0.6, "NDCG@20": 0.1}},
+            "lightgcn": {"params": 500_000, "mean": {"HR@10": 0.4, "NDCG@10": 0.2, "HR@20": 0.7, "NDCG@20": 0.3}},
+            "sasrec": {"params": 20_000, "mean": {"HR@10": 0.1, "NDCG@10": 0.1, "HR@20": 0.65, "NDCG@20": 0.2}},
+        },
+        "skipped": {},
+        "strongest_baseline": "lightgcn",
+        "test": "ttest",
+        "p_values": {"HR@10": 0.01, "NDCG@10": 0.2, "HR@20": 0.001, "NDCG@20": 0.001},
+    }
+    render.eval_table(result, "md")
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert lines[0] == "| Model | HR@10 | NDCG@10 | HR@20 | NDCG@20 |"
+    # HR@10: significant and best; NDCG@10: best, not significant; HR@20 / NDCG@20: MUFASA worse -> no star
+    assert lines[1] == "| MUFASA-0.3M | **0.5000*** | **0.3000** | 0.6000 | 0.1000 |"
+    assert lines[2] == "| LightGCN-0.5M | <u>0.4000</u> | <u>0.2000</u> | **0.7000** | **0.3000** |"
+    assert lines[3] == "| SASRec-0.02M | 0.1000 | 0.1000 | <u>0.6500</u> | <u>0.2000</u> |"
