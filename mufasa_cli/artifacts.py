@@ -238,13 +238,14 @@ def input_record(stage_dir: Path) -> dict:
     return {"path": stage_dir.name, "manifest_sha256": manifest_sha(stage_dir)}
 
 
-def check_not_stale(stage_dir: Path) -> None:
-    """Raise if an upstream stage recorded in stage_dir's manifest was rebuilt since it ran."""
+def check_not_stale(stage_dir: Path, run_dir: Path | None = None) -> None:
+    """Raise if an upstream stage recorded in stage_dir's manifest was rebuilt since it ran.
+    Upstream paths are relative to run_dir (default: stage_dir's parent)."""
     manifest = read_manifest(stage_dir)
     for name, rec in manifest.get("inputs", {}).items():
         if not isinstance(rec, dict) or "manifest_sha256" not in rec:
             continue
-        upstream = stage_dir.parent / rec["path"]
+        upstream = (run_dir or stage_dir.parent) / rec["path"]
         if manifest_sha(upstream) != rec["manifest_sha256"]:
             raise ArtifactError(
                 f"{stage_dir} is stale: {upstream} ({name}) was rebuilt after it; "

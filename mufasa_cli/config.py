@@ -202,11 +202,41 @@ class AlignConfig:
 
 
 @dataclass(frozen=True)
+class SASRecConfig:
+    """SASRec (Kang & McAuley 2018) on item ids, trained with cross-entropy over all items at
+    every position (the strong variant: Klenitskiy & Vasilev, RecSys 2023). Defaults follow
+    RecBole's: hidden 64, 2 layers, 2 heads, inner 256, GELU, dropout 0.5, Adam 1e-3, batch 256."""
+
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    inner: int = 256
+    dropout: float = 0.5
+    max_len: int = 50
+    train: TrainConfig = TrainConfig(
+        epochs=200, batch_size=256, lr=1e-3, weight_decay=0.0, warmup_frac=0.0, min_lr_frac=1.0, patience=10
+    )
+
+    def __post_init__(self) -> None:
+        _positive(self, "d_model", "num_layers", "num_heads", "inner", "max_len")
+        if self.d_model % self.num_heads:
+            raise RecipeError(f"sasrec d_model {self.d_model} must be divisible by num_heads {self.num_heads}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise RecipeError(f"sasrec dropout {self.dropout}: must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    sasrec: SASRecConfig = SASRecConfig()
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything a recipe file may set, one section per stage."""
 
     fuse: FuseConfig = FuseConfig()
     align: AlignConfig = AlignConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
 
 
 def restore(base, values: object, where: str):

@@ -423,8 +423,16 @@ def eval_(
         ),
     ] = "loo",
     compare: Annotated[
-        str, typer.Option(help="Baselines to compare with, comma-separated (available: lightgcn); '' for none.")
+        str,
+        typer.Option(
+            help="Baselines to compare with, comma-separated (available: lightgcn, sasrec); '' for none. "
+            "Missing ones are trained and cached under RUN/baselines/."
+        ),
     ] = "lightgcn",
+    recipe: Annotated[Path | None, typer.Option(help="Recipe YAML (section baselines) for the baselines.")] = None,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Train the baselines again even when cached.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of baseline training.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (baseline training).")] = "auto",
     k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "5,10,20,50,100",
     keep_seen: Annotated[
         bool, typer.Option("--keep-seen", help="Score the user's earlier items too (RecBole's protocol).")
@@ -436,8 +444,10 @@ def eval_(
 ) -> None:
     """Evaluate MUFASA (RUN/embed) and baselines on one protocol; print the paper's table and
     write RUN/eval/PROTOCOL/metrics.json with per-user metrics and p-values."""
+    from mufasa_cli.config import load_recipe
     from mufasa_cli.eval.protocols import PROTOCOLS
-    from mufasa_cli.eval.run import TESTS, run_eval, write_eval
+    from mufasa_cli.eval.run import BASELINES, TESTS, ensure_baselines, run_eval, write_eval
+    from mufasa_cli.runtime.device import resolve_device
 
     if protocol not in PROTOCOLS:
         raise MufasaError(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
@@ -455,6 +465,27 @@ def eval_(
 
     artifacts.check_writable(run / "eval" / protocol, force)
     names = [c.strip() for c in compare.split(",") if c.strip()]
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise MufasaError(f"--compare {unknown[0]!r}: choose from {', '.join(BASELINES)}")
+    cfg = load_recipe(str(recipe) if recipe else None)
+    with render.progress() as on_progress:
+        trained = ensure_baselines(
+            run,
+            names,
+            cfg,
+            seed=seed,
+            device=resolve_device(device),
+            retrain=retrain,
+            on_step=render.training_progress(on_progress),
+        )
+    for name, manifest in trained.items():
+        v = manifest["valid"]
+        render.out.print(
+            f"trained {name}: valid HR@10 {v['HR@10']:.4f}  NDCG@10 {v['NDCG@10']:.4f}  best epoch "
+            f"{manifest['best_epoch']}/{manifest['epochs_run']}  ({manifest['wall_time_s']:.0f} s)",
+            highlight=False,
+        )
     result = run_eval(run, protocol=protocol, compare=names, ks=ks, keep_seen=keep_seen, test=test, chunk=chunk)
     out_dir = write_eval(run, result, force)
     render.eval_table(result, fmt.value)

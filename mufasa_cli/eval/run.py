@@ -5,9 +5,9 @@ Every model is reduced to user vectors for the protocol's cases and item vectors
 whole catalogue, scored by dot product in chunks of users (metrics/ranking.py: memory bounded
 by chunk x items, ties pessimistic, results independent of the chunk size).
 
-Models today: `mufasa` (RUN/embed) and `lightgcn` (RUN/fuse/cf.safetensors: the CF
-embeddings the MFL was trained against). LightGCN has no vector for a user outside its
-graph, so it does not take part in `zero-shot`.
+Models today: `mufasa` (RUN/embed), `lightgcn` (RUN/fuse/cf.safetensors: the CF embeddings
+the MFL was trained against; it has no vector for a user outside its graph, so it does not
+take part in `zero-shot`) and `sasrec` (baselines/sasrec.py, trained here when missing).
 
 Legend: C cases, P (user, target) pairs, N items, D width.
 """
@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mufasa_cli import artifacts
+from mufasa_cli.data import schema
 from mufasa_cli.errors import ArtifactError, MufasaError
 from mufasa_cli.eval.protocols import Cases, build_cases
 from mufasa_cli.metrics.ranking import csr, per_user_metrics, target_ranks
 
-BASELINES = ("lightgcn",)
+BASELINES = ("lightgcn", "sasrec")
+TRAINED_HERE = ("sasrec",)  # baselines eval trains (and caches under RUN/baselines/) when missing
 DEFAULT_KS = (5, 10, 20, 50, 100)
 TESTS = ("ttest", "wilcoxon")
 
@@ -67,6 +69,52 @@ def lightgcn_vectors(run_dir: Path, cases: Cases) -> Vectors:
         raise ArtifactError(f"{fuse_dir / 'cf.safetensors'}: no user embeddings (re-run fuse-train --retrain-cf)")
     params = int(t["user_cf"].size + t["item_cf"].size)
     return Vectors(torch.as_tensor(t["user_cf"][cases.users]), torch.as_tensor(t["item_cf"]), params)
+
+
+def sasrec_vectors(run_dir: Path, cases: Cases) -> Vectors:
+    from mufasa_cli.baselines import sasrec
+
+    model, params = sasrec.load(run_dir, torch.device("cpu"))
+    with torch.no_grad():
+        return Vectors(sasrec.user_vectors(model, cases.histories), model.item_vectors().detach().clone(), params)
+
+
+def ensure_baselines(
+    run_dir: Path, names: list[str], recipe, *, seed: int, device: torch.device, retrain: bool, on_step=None
+) -> dict[str, dict]:
+    """Train the baselines in `names` that RUN/baselines/ lacks (or holds stale, or `retrain`);
+    returns {name: manifest} of those trained now."""
+    from mufasa_cli.baselines import sasrec
+    from mufasa_cli.sal.train import load_sequences
+
+    trained = {}
+    for name in names:
+        if name not in TRAINED_HERE:
+            continue
+        folder = run_dir / "baselines" / name
+        if not retrain:
+            try:
+                artifacts.verify_stage(folder)
+                artifacts.check_not_stale(folder, run_dir)
+                if artifacts.read_manifest(folder).get("config") == asdict(recipe.baselines.sasrec):
+                    continue
+            except ArtifactError:
+                pass
+        data_dir = run_dir / "data"
+        artifacts.verify_stage(data_dir)
+        seqs = load_sequences(data_dir)
+        num_items = artifacts.load_table(data_dir / schema.ITEMS_FILE, schema.ITEM_COLUMNS).height
+        trained[name] = sasrec.train(
+            run_dir,
+            recipe.baselines.sasrec,
+            seqs=seqs,
+            num_items=num_items,
+            seed=seed,
+            device=device,
+            resume=False,
+            on_step=on_step,
+        )
+    return trained
 
 
 def _count(path: Path) -> int:
@@ -126,7 +174,7 @@ def run_eval(
     if not len(cases):
         raise MufasaError(f"{data_dir}: no {protocol} case (no user with a target for this protocol)")
     models: dict[str, dict] = {}
-    loaders = {"mufasa": mufasa_vectors, "lightgcn": lightgcn_vectors}
+    loaders = {"mufasa": mufasa_vectors, "lightgcn": lightgcn_vectors, "sasrec": sasrec_vectors}
     skipped = {}
     for name in ["mufasa", *compare]:
         if name == "lightgcn" and protocol == "zero-shot":

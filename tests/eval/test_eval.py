@@ -6,6 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from mufasa_cli import artifacts
 from mufasa_cli.cli import render
 from mufasa_cli.eval.protocols import build_cases
 from tests.conftest import folder_digest, invoke
@@ -114,3 +115,30 @@ def test_table_marks_best_bold_second_underlined_and_significance(capsys):
     assert lines[1] == "| MUFASA-0.3M | **0.5000*** | **0.3000** | 0.6000 | 0.1000 |"
     assert lines[2] == "| LightGCN-0.5M | <u>0.4000</u> | <u>0.2000</u> | **0.7000** | **0.3000** |"
     assert lines[3] == "| SASRec-0.02M | 0.1000 | 0.1000 | <u>0.6500</u> | <u>0.2000</u> |"
+
+
+def test_compare_sasrec_trains_once_and_caches(embedded, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("baselines:\n  sasrec: {max_len: 10, train: {epochs: 3, batch_size: 16}}\n")
+    first = invoke("eval", embedded, "--compare", "sasrec", "--recipe", recipe, "--force")
+    assert first.exit_code == 0, first.output
+    assert "trained sasrec" in first.stdout and "SASRec-" in first.stdout
+    m = artifacts.read_manifest(embedded / "baselines/sasrec")
+    assert m["epochs_run"] == 3 and m["config"]["max_len"] == 10
+    again = invoke(
+        "eval",
+        embedded,
+        "--compare",
+        "sasrec",
+        "--recipe",
+        recipe,
+        "--force",
+        "--protocol",
+        "zero-shot",
+        "--format",
+        "csv",
+    )
+    assert again.exit_code == 0, again.output
+    assert "trained sasrec" not in again.stdout and "SASRec-" in again.stdout  # inductive: zero-shot users too
+    other = invoke("eval", embedded, "--compare", "sasrec", "--force")  # another config: trained again
+    assert other.exit_code == 0 and "trained sasrec" in other.stdout

@@ -1,0 +1,203 @@
+"""SASRec on item ids (Kang & McAuley, ICDM 2018), the strong variant: cross-entropy over
+all items at every position (Klenitskiy & Vasilev, RecSys 2023), as RecBole trains it.
+
+Trained on the train split of train-role users, early-stopped on leave-one-out valid NDCG@10
+(full ranking, train items masked); cached under RUN/baselines/sasrec/. A user's vector is
+the last position's hidden state over their most recent max_len items; item vectors are the
+(tied) item embeddings, so score = dot product, like every model `eval` compares. SASRec is
+inductive over users: it embeds zero-shot users from their history too. Cold items keep
+their untrained random embeddings (SASRec has no content to reach them).
+
+Legend: B users, L max_len, N items, D width.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mufasa_cli import artifacts
+from mufasa_cli.config import SASRecConfig, restore
+from mufasa_cli.errors import DataSchemaError
+from mufasa_cli.metrics.ranking import csr, hit_rate, ndcg, target_ranks
+from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
+
+NAME = "sasrec"
+WEIGHTS = "model.safetensors"
+
+
+class SASRec(nn.Module):
+    def __init__(self, num_items: int, cfg: SASRecConfig):
+        super().__init__()
+        D = cfg.d_model
+        self.cfg, self.pad = cfg, num_items  # id N pads
+        self.items = nn.Embedding(num_items + 1, D, padding_idx=num_items)
+        self.position = nn.Embedding(cfg.max_len, D)
+        layer = nn.TransformerEncoderLayer(
+            D, cfg.num_heads, cfg.inner, cfg.dropout, activation="gelu", batch_first=True, norm_first=False
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(D)
+        self.drop = nn.Dropout(cfg.dropout)
+        nn.init.normal_(self.items.weight, std=0.02)
+        nn.init.normal_(self.position.weight, std=0.02)
+        with torch.no_grad():
+            self.items.weight[num_items].zero_()
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, L), left-padded with the pad id -> hidden states (B, L, D); causal."""
+        B, L = ids.shape
+        x = self.items(ids) * self.cfg.d_model**0.5 + self.position(torch.arange(L, device=ids.device))
+        x = self.drop(self.norm(x))
+        # True = may not attend: later positions, and padding keys other than the query itself
+        # (a padding query then attends to itself only: no all-masked row, so no NaN)
+        at = torch.arange(L, device=ids.device)
+        later = at[None, :] > at[:, None]  # (L, L)
+        pad_key = (ids == self.pad)[:, None, :] & (at[None, :] != at[:, None])  # (B, L, L)
+        blocked = (later | pad_key).repeat_interleave(self.cfg.num_heads, dim=0)  # (B*H, L, L)
+        return self.encoder(x, mask=blocked)
+
+    def item_vectors(self) -> torch.Tensor:
+        return self.items.weight[: self.pad]
+
+
+def left_pad(histories: list[np.ndarray], max_len: int, pad: int) -> torch.Tensor:
+    """The most recent max_len items of each history, left-padded, (B, L)."""
+    out = np.full((len(histories), max_len), pad, dtype=np.int64)
+    for i, h in enumerate(histories):
+        h = h[-max_len:]
+        if len(h):
+            out[i, max_len - len(h) :] = h
+    return torch.as_tensor(out)
+
+
+@torch.no_grad()
+def user_vectors(model: SASRec, histories: list[np.ndarray], chunk: int = 512) -> torch.Tensor:
+    model.eval()
+    device = model.items.weight.device
+    out = []
+    for s in range(0, len(histories), chunk):
+        ids = left_pad(histories[s : s + chunk], model.cfg.max_len, model.pad).to(device)
+        out.append(model(ids)[:, -1])
+    return torch.cat(out) if out else torch.zeros(0, model.cfg.d_model)
+
+
+def train(
+    run_dir: Path,
+    cfg: SASRecConfig,
+    *,
+    seqs,
+    num_items: int,
+    seed: int,
+    device: torch.device,
+    resume: bool,
+    on_step: OnStep | None = None,
+) -> dict:
+    """Train and write RUN/baselines/sasrec/ (weights + manifest); returns the manifest."""
+    started = time.perf_counter()
+    train_seqs, valid_hist, valid_target = [], [], []
+    for u in np.flatnonzero(seqs.roles == "train"):
+        items, splits = seqs.of(int(u))
+        tr = items[splits == "train"]
+        if len(tr) >= 2:
+            train_seqs.append(tr)
+        va = items[splits == "valid"]
+        if len(tr) and len(va):
+            valid_hist.append(tr)
+            valid_target.append(int(va[0]))
+    if not train_seqs:
+        raise DataSchemaError(f"{run_dir / 'data'}: no training user has two train interactions")
+    seed_everything(seed)
+    model = SASRec(num_items, cfg).to(device)
+    L, pad = cfg.max_len, num_items
+
+    def batches(rng: np.random.Generator):
+        order = rng.permutation(len(train_seqs))
+        for s in range(0, len(order), cfg.train.batch_size):
+            chunk = [train_seqs[r][-(L + 1) :] for r in order[s : s + cfg.train.batch_size]]
+            inputs = left_pad([c[:-1] for c in chunk], L, pad)
+            targets = left_pad([c[1:] for c in chunk], L, pad)
+            yield inputs.to(device), targets.to(device)
+
+    def step(batch):
+        inputs, targets = batch
+        h = model(inputs)  # (B, L, D)
+        real = targets != pad
+        logits = h[real] @ model.item_vectors().T  # (R, N)
+        loss = F.cross_entropy(logits, targets[real])
+        return loss, {"ce": loss.item()}
+
+    seen = csr(
+        np.repeat(np.arange(len(valid_hist)), [len(h) for h in valid_hist]), np.concatenate(valid_hist), len(valid_hist)
+    )
+
+    def valid_metrics() -> dict[str, float]:
+        users = user_vectors(model, valid_hist)
+        ranks = target_ranks(
+            lambda rows: users[torch.as_tensor(rows, device=device)],
+            model.item_vectors().detach(),
+            np.arange(len(valid_hist)),
+            np.array(valid_target),
+            *seen,
+        )
+        return {"HR@10": float(hit_rate(ranks, 10).mean()), "NDCG@10": float(ndcg(ranks, 10).mean())}
+
+    out_dir = run_dir / "baselines" / NAME
+    result = fit(
+        name=NAME,
+        model=model,
+        cfg=cfg.train,
+        seed=seed,
+        steps_per_epoch=max(1, -(-len(train_seqs) // cfg.train.batch_size)),
+        batches=batches,
+        step_loss=step,
+        validate=lambda: valid_metrics()["NDCG@10"],
+        checkpoint=run_dir / "baselines" / f".{NAME}.ckpt" / "model.pt",
+        fingerprint={"config": asdict(cfg), "data": artifacts.input_record(run_dir / "data")},
+        resume=resume,
+        on_step=on_step,
+    )
+    metrics = valid_metrics()
+    with artifacts.stage_writer(out_dir, force=True) as tmp:
+        state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
+        artifacts.save_tensors(tmp / WEIGHTS, state, {"config": asdict(cfg), "num_items": num_items})
+        manifest = artifacts.write_manifest(
+            tmp,
+            stage=f"baselines/{NAME}",
+            config=asdict(cfg),
+            seed=seed,
+            inputs={"data": artifacts.input_record(run_dir / "data")},
+            counts={"train_users": len(train_seqs), "valid_users": len(valid_hist), "items": num_items},
+            wall_time_s=time.perf_counter() - started,
+            extra={
+                "device": str(device),
+                "valid": metrics,
+                "best_epoch": result.best_epoch + 1,
+                "epochs_run": result.epochs_run,
+                "stopped_early": result.stopped_early,
+                "history": result.history,
+            },
+        )
+    import shutil
+
+    shutil.rmtree(run_dir / "baselines" / f".{NAME}.ckpt", ignore_errors=True)
+    return manifest
+
+
+def load(run_dir: Path, device: torch.device) -> tuple[SASRec, int]:
+    folder = run_dir / "baselines" / NAME
+    artifacts.verify_stage(folder)
+    artifacts.check_not_stale(folder, run_dir)
+    meta = artifacts.tensor_metadata(folder / WEIGHTS)
+    cfg = restore(SASRecConfig(), meta["config"], str(folder / WEIGHTS))
+    model = SASRec(int(meta["num_items"]), cfg)
+    state = artifacts.load_tensors(folder / WEIGHTS, {})
+    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    params = sum(p.numel() for p in model.parameters())
+    return model.to(device).eval(), params
