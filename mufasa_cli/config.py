@@ -226,8 +226,29 @@ class SASRecConfig:
 
 
 @dataclass(frozen=True)
+class TwoTowerConfig:
+    """DSSM (user-id and item-id towers) and YouTube DNN (mean-pooled history of item ids plus
+    the items' content features) trained with the in-batch sampled softmax (logQ-corrected)
+    on unit-length vectors."""
+
+    d_model: int = 64
+    hidden: int = 128
+    max_len: int = 50  # YouTube DNN: history items pooled
+    tau: float = 0.1
+    negatives: int = 2048  # in-batch columns, at most
+    train: TrainConfig = TrainConfig(epochs=100, batch_size=256, lr=1e-3, weight_decay=0.0, patience=5)
+
+    def __post_init__(self) -> None:
+        _positive(self, "d_model", "hidden", "max_len", "tau", "negatives")
+
+
+@dataclass(frozen=True)
 class BaselinesConfig:
     sasrec: SASRecConfig = SASRecConfig()
+    dssm: TwoTowerConfig = TwoTowerConfig(
+        train=TrainConfig(epochs=100, batch_size=2048, lr=1e-3, weight_decay=0.0, patience=5)
+    )
+    youtube: TwoTowerConfig = TwoTowerConfig()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ by chunk x items, ties pessimistic, results independent of the chunk size).
 
 Models today: `mufasa` (RUN/embed), `lightgcn` (RUN/fuse/cf.safetensors: the CF embeddings
 the MFL was trained against; it has no vector for a user outside its graph, so it does not
-take part in `zero-shot`) and `sasrec` (baselines/sasrec.py, trained here when missing).
+take part in `zero-shot`), `sasrec` (baselines/sasrec.py), and `dssm` and `youtube`
+(baselines/two_tower.py); the last three are trained here when missing.
 
 Legend: C cases, P (user, target) pairs, N items, D width.
 """
@@ -28,8 +29,9 @@ from mufasa_cli.errors import ArtifactError, MufasaError
 from mufasa_cli.eval.protocols import Cases, build_cases
 from mufasa_cli.metrics.ranking import csr, per_user_metrics, target_ranks
 
-BASELINES = ("lightgcn", "sasrec")
-TRAINED_HERE = ("sasrec",)  # baselines eval trains (and caches under RUN/baselines/) when missing
+BASELINES = ("lightgcn", "sasrec", "dssm", "youtube")
+TRAINED_HERE = ("sasrec", "dssm", "youtube")  # eval trains these (cached under RUN/baselines/) when missing
+TRANSDUCTIVE = ("lightgcn", "dssm")  # no vector for a user outside training: not in zero-shot
 DEFAULT_KS = (5, 10, 20, 50, 100)
 TESTS = ("ttest", "wilcoxon")
 
@@ -79,12 +81,27 @@ def sasrec_vectors(run_dir: Path, cases: Cases) -> Vectors:
         return Vectors(sasrec.user_vectors(model, cases.histories), model.item_vectors().detach().clone(), params)
 
 
+def two_tower_vectors(name: str):
+    def vectors(run_dir: Path, cases: Cases) -> Vectors:
+        from mufasa_cli.baselines import two_tower
+
+        model, cfg, params = two_tower.load(name, run_dir)
+        with torch.no_grad():
+            if name == "dssm":
+                users = model.users(torch.as_tensor(cases.users))
+            else:
+                users = two_tower.youtube_users(model, cases.histories, cfg.max_len)
+            return Vectors(users, model.item_vectors(), params)
+
+    return vectors
+
+
 def ensure_baselines(
     run_dir: Path, names: list[str], recipe, *, seed: int, device: torch.device, retrain: bool, on_step=None
 ) -> dict[str, dict]:
     """Train the baselines in `names` that RUN/baselines/ lacks (or holds stale, or `retrain`);
     returns {name: manifest} of those trained now."""
-    from mufasa_cli.baselines import sasrec
+    from mufasa_cli.baselines import sasrec, two_tower
     from mufasa_cli.sal.train import load_sequences
 
     trained = {}
@@ -96,7 +113,7 @@ def ensure_baselines(
             try:
                 artifacts.verify_stage(folder)
                 artifacts.check_not_stale(folder, run_dir)
-                if artifacts.read_manifest(folder).get("config") == asdict(recipe.baselines.sasrec):
+                if artifacts.read_manifest(folder).get("config") == asdict(getattr(recipe.baselines, name)):
                     continue
             except ArtifactError:
                 pass
@@ -104,16 +121,15 @@ def ensure_baselines(
         artifacts.verify_stage(data_dir)
         seqs = load_sequences(data_dir)
         num_items = artifacts.load_table(data_dir / schema.ITEMS_FILE, schema.ITEM_COLUMNS).height
-        trained[name] = sasrec.train(
-            run_dir,
-            recipe.baselines.sasrec,
-            seqs=seqs,
-            num_items=num_items,
-            seed=seed,
-            device=device,
-            resume=False,
-            on_step=on_step,
-        )
+        cfg = getattr(recipe.baselines, name)
+        if name == "sasrec":
+            trained[name] = sasrec.train(
+                run_dir, cfg, seqs=seqs, num_items=num_items, seed=seed, device=device, resume=False, on_step=on_step
+            )
+        else:
+            trained[name] = two_tower.train(
+                name, run_dir, cfg, seqs=seqs, num_items=num_items, seed=seed, device=device, on_step=on_step
+            )
     return trained
 
 
@@ -174,10 +190,16 @@ def run_eval(
     if not len(cases):
         raise MufasaError(f"{data_dir}: no {protocol} case (no user with a target for this protocol)")
     models: dict[str, dict] = {}
-    loaders = {"mufasa": mufasa_vectors, "lightgcn": lightgcn_vectors, "sasrec": sasrec_vectors}
+    loaders = {
+        "mufasa": mufasa_vectors,
+        "lightgcn": lightgcn_vectors,
+        "sasrec": sasrec_vectors,
+        "dssm": two_tower_vectors("dssm"),
+        "youtube": two_tower_vectors("youtube"),
+    }
     skipped = {}
     for name in ["mufasa", *compare]:
-        if name == "lightgcn" and protocol == "zero-shot":
+        if name in TRANSDUCTIVE and protocol == "zero-shot":
             skipped[name] = "no vector for users outside its training graph"
             continue
         vectors = loaders[name](run_dir, cases)

@@ -142,3 +142,18 @@ def test_compare_sasrec_trains_once_and_caches(embedded, tmp_path):
     assert "trained sasrec" not in again.stdout and "SASRec-" in again.stdout  # inductive: zero-shot users too
     other = invoke("eval", embedded, "--compare", "sasrec", "--force")  # another config: trained again
     assert other.exit_code == 0 and "trained sasrec" in other.stdout
+
+
+def test_compare_dssm_and_youtube_end_to_end(embedded, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "baselines:\n  dssm: {train: {epochs: 2, batch_size: 256}}\n  youtube: {max_len: 8, train: {epochs: 2, batch_size: 16}}\n"
+    )
+    result = invoke("eval", embedded, "--compare", "dssm,youtube", "--recipe", recipe, "--force", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    rows = [line.split(",")[0] for line in result.stdout.splitlines()]
+    assert any(r.startswith("DSSM-") for r in rows) and any(r.startswith("YouTubeDNN-") for r in rows)
+    zs = invoke("eval", embedded, "--compare", "dssm,youtube", "--recipe", recipe, "--force", "--protocol", "zero-shot")
+    assert zs.exit_code == 0, zs.output
+    m = json.loads((embedded / "eval/zero-shot/metrics.json").read_text())
+    assert set(m["models"]) == {"mufasa", "youtube"} and "dssm" in m["skipped"]
