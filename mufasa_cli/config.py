@@ -243,12 +243,28 @@ class TwoTowerConfig:
 
 
 @dataclass(frozen=True)
+class MMGCNConfig:
+    """MMGCN (Wei et al., MM 2019): a graph convolution per modality over the user-item graph,
+    item nodes starting from their projected modality features, user nodes from a learned
+    per-modality preference; the modality representations are summed; BPR loss."""
+
+    d_model: int = 64
+    num_layers: int = 2
+    reg: float = 1e-4
+    train: TrainConfig = TrainConfig(epochs=60, batch_size=4096, lr=1e-3, weight_decay=0.0, patience=3, eval_every=2)
+
+    def __post_init__(self) -> None:
+        _positive(self, "d_model", "num_layers")
+
+
+@dataclass(frozen=True)
 class BaselinesConfig:
     sasrec: SASRecConfig = SASRecConfig()
     dssm: TwoTowerConfig = TwoTowerConfig(
         train=TrainConfig(epochs=100, batch_size=2048, lr=1e-3, weight_decay=0.0, patience=5)
     )
     youtube: TwoTowerConfig = TwoTowerConfig()
+    mmgcn: MMGCNConfig = MMGCNConfig()
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from mufasa_cli import artifacts
 from mufasa_cli.config import SASRecConfig, restore
-from mufasa_cli.errors import DataSchemaError
+from mufasa_cli.errors import ArtifactError, DataSchemaError
 from mufasa_cli.metrics.ranking import csr, hit_rate, ndcg, target_ranks
 from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
 
@@ -198,6 +198,11 @@ def load(run_dir: Path, device: torch.device) -> tuple[SASRec, int]:
     cfg = restore(SASRecConfig(), meta["config"], str(folder / WEIGHTS))
     model = SASRec(int(meta["num_items"]), cfg)
     state = artifacts.load_tensors(folder / WEIGHTS, {})
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    try:
+        model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    except RuntimeError:
+        raise ArtifactError(
+            f"{folder / WEIGHTS}: weights do not fit this SASRec and data; train it again (--retrain)"
+        ) from None
     params = sum(p.numel() for p in model.parameters())
     return model.to(device).eval(), params

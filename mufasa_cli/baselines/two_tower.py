@@ -88,15 +88,17 @@ class YouTubeDNN(nn.Module):
         return F.normalize(self.out.weight if ids is None else self.out(ids), dim=-1)
 
 
-def content_features(data_dir: Path) -> torch.Tensor | None:
-    """Every modality vector (and the title anchor) of each item, concatenated: (N, F)."""
+def modality_features(data_dir: Path) -> dict[str, torch.Tensor]:
+    """Every modality matrix of the items (the title's among them), by name: (N, d_m) each."""
     feats = artifacts.load_tensors(data_dir / schema.FEATURES_FILE, {})
-    keys = sorted(k for k in feats if k.startswith(schema.MODALITY_PREFIX)) + (
-        [schema.TITLE_KEY] if schema.TITLE_KEY in feats else []
-    )
-    if not keys:
-        return None
-    return torch.as_tensor(np.concatenate([feats[k].astype(np.float32) for k in keys], axis=1))
+    keys = sorted(k for k in feats if k.startswith(schema.MODALITY_PREFIX))
+    return {k.removeprefix(schema.MODALITY_PREFIX): torch.as_tensor(feats[k].astype(np.float32)) for k in keys}
+
+
+def content_features(data_dir: Path) -> torch.Tensor | None:
+    """Every modality vector of each item, concatenated: (N, F)."""
+    parts = modality_features(data_dir)
+    return torch.cat([parts[k] for k in sorted(parts)], dim=1) if parts else None
 
 
 def right_pad(seqs: list[np.ndarray], max_len: int, pad: int) -> torch.Tensor:
@@ -265,10 +267,11 @@ def load(name: str, run_dir: Path) -> tuple[nn.Module, TwoTowerConfig, int]:
     else:
         model = YouTubeDNN(int(meta["num_items"]), content_features(run_dir / "data"), cfg)
     state = {k: torch.as_tensor(v) for k, v in artifacts.load_tensors(folder / WEIGHTS, {}).items()}
-    missing, unexpected = model.load_state_dict(state, strict=False)  # content comes from data/, not the file
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)  # content comes from data/, not the file
+    except RuntimeError:
+        missing, unexpected = ["(shapes differ)"], []
     if unexpected or set(missing) - {"content"}:
-        raise ArtifactError(
-            f"{folder / WEIGHTS}: weights do not fit {name} (missing {missing}, unexpected {unexpected})"
-        )
+        raise ArtifactError(f"{folder / WEIGHTS}: weights do not fit this {name} and data; train it again (--retrain)")
     params = sum(p.numel() for p in model.parameters())
     return model.eval(), cfg, params

@@ -425,7 +425,7 @@ def eval_(
     compare: Annotated[
         str,
         typer.Option(
-            help="Baselines to compare with, comma-separated (available: lightgcn, sasrec, dssm, youtube); '' for none. "
+            help="Baselines to compare with, comma-separated (available: lightgcn, sasrec, dssm, youtube, mmgcn); '' for none. "
             "Missing ones are trained and cached under RUN/baselines/."
         ),
     ] = "lightgcn",

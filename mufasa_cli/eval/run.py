@@ -7,8 +7,9 @@ by chunk x items, ties pessimistic, results independent of the chunk size).
 
 Models today: `mufasa` (RUN/embed), `lightgcn` (RUN/fuse/cf.safetensors: the CF embeddings
 the MFL was trained against; it has no vector for a user outside its graph, so it does not
-take part in `zero-shot`), `sasrec` (baselines/sasrec.py), and `dssm` and `youtube`
-(baselines/two_tower.py); the last three are trained here when missing.
+take part in `zero-shot`), `sasrec` (baselines/sasrec.py), `dssm` and `youtube`
+(baselines/two_tower.py) and `mmgcn` (baselines/mmgcn.py); the last four are trained here
+when missing.
 
 Legend: C cases, P (user, target) pairs, N items, D width.
 """
@@ -29,9 +30,9 @@ from mufasa_cli.errors import ArtifactError, MufasaError
 from mufasa_cli.eval.protocols import Cases, build_cases
 from mufasa_cli.metrics.ranking import csr, per_user_metrics, target_ranks
 
-BASELINES = ("lightgcn", "sasrec", "dssm", "youtube")
-TRAINED_HERE = ("sasrec", "dssm", "youtube")  # eval trains these (cached under RUN/baselines/) when missing
-TRANSDUCTIVE = ("lightgcn", "dssm")  # no vector for a user outside training: not in zero-shot
+BASELINES = ("lightgcn", "sasrec", "dssm", "youtube", "mmgcn")
+TRAINED_HERE = ("sasrec", "dssm", "youtube", "mmgcn")  # eval trains these (cached under RUN/baselines/) when missing
+TRANSDUCTIVE = ("lightgcn", "dssm", "mmgcn")  # no vector for a user outside training: not in zero-shot
 DEFAULT_KS = (5, 10, 20, 50, 100)
 TESTS = ("ttest", "wilcoxon")
 
@@ -96,12 +97,19 @@ def two_tower_vectors(name: str):
     return vectors
 
 
+def mmgcn_vectors(run_dir: Path, cases: Cases) -> Vectors:
+    from mufasa_cli.baselines import mmgcn
+
+    users, items, params = mmgcn.load(run_dir)
+    return Vectors(torch.as_tensor(users[cases.users]), torch.as_tensor(items), params)
+
+
 def ensure_baselines(
     run_dir: Path, names: list[str], recipe, *, seed: int, device: torch.device, retrain: bool, on_step=None
 ) -> dict[str, dict]:
     """Train the baselines in `names` that RUN/baselines/ lacks (or holds stale, or `retrain`);
     returns {name: manifest} of those trained now."""
-    from mufasa_cli.baselines import sasrec, two_tower
+    from mufasa_cli.baselines import mmgcn, sasrec, two_tower
     from mufasa_cli.sal.train import load_sequences
 
     trained = {}
@@ -125,6 +133,10 @@ def ensure_baselines(
         if name == "sasrec":
             trained[name] = sasrec.train(
                 run_dir, cfg, seqs=seqs, num_items=num_items, seed=seed, device=device, resume=False, on_step=on_step
+            )
+        elif name == "mmgcn":
+            trained[name] = mmgcn.train(
+                run_dir, cfg, seqs=seqs, num_items=num_items, seed=seed, device=device, on_step=on_step
             )
         else:
             trained[name] = two_tower.train(
@@ -196,6 +208,7 @@ def run_eval(
         "sasrec": sasrec_vectors,
         "dssm": two_tower_vectors("dssm"),
         "youtube": two_tower_vectors("youtube"),
+        "mmgcn": mmgcn_vectors,
     }
     skipped = {}
     for name in ["mufasa", *compare]:

@@ -144,16 +144,20 @@ def test_compare_sasrec_trains_once_and_caches(embedded, tmp_path):
     assert other.exit_code == 0 and "trained sasrec" in other.stdout
 
 
-def test_compare_dssm_and_youtube_end_to_end(embedded, tmp_path):
+def test_compare_dssm_youtube_and_mmgcn_end_to_end(embedded, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
-        "baselines:\n  dssm: {train: {epochs: 2, batch_size: 256}}\n  youtube: {max_len: 8, train: {epochs: 2, batch_size: 16}}\n"
+        "baselines:\n  dssm: {train: {epochs: 2, batch_size: 256}}\n"
+        "  youtube: {max_len: 8, train: {epochs: 2, batch_size: 16}}\n"
+        "  mmgcn: {train: {epochs: 2, batch_size: 512}}\n"
     )
-    result = invoke("eval", embedded, "--compare", "dssm,youtube", "--recipe", recipe, "--force", "--format", "csv")
+    names = "dssm,youtube,mmgcn"
+    result = invoke("eval", embedded, "--compare", names, "--recipe", recipe, "--force", "--format", "csv")
     assert result.exit_code == 0, result.output
     rows = [line.split(",")[0] for line in result.stdout.splitlines()]
-    assert any(r.startswith("DSSM-") for r in rows) and any(r.startswith("YouTubeDNN-") for r in rows)
-    zs = invoke("eval", embedded, "--compare", "dssm,youtube", "--recipe", recipe, "--force", "--protocol", "zero-shot")
+    for label in ("DSSM-", "YouTubeDNN-", "MMGCN-"):
+        assert any(r.startswith(label) for r in rows), label
+    zs = invoke("eval", embedded, "--compare", names, "--recipe", recipe, "--force", "--protocol", "zero-shot")
     assert zs.exit_code == 0, zs.output
     m = json.loads((embedded / "eval/zero-shot/metrics.json").read_text())
-    assert set(m["models"]) == {"mufasa", "youtube"} and "dssm" in m["skipped"]
+    assert set(m["models"]) == {"mufasa", "youtube"} and {"dssm", "mmgcn"} <= set(m["skipped"])
