@@ -453,12 +453,7 @@ def eval_(
         raise MufasaError(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
     if test not in TESTS:
         raise MufasaError(f"--test {test!r}: choose ttest or wilcoxon")
-    try:
-        ks = sorted({int(x) for x in k.split(",") if x.strip()})
-    except ValueError:
-        raise MufasaError(f"--k {k!r}: expected comma-separated integers like 5,10,20") from None
-    if not ks or ks[0] < 1:
-        raise MufasaError(f"--k {k!r}: cut-offs must be >= 1")
+    ks = _parse_ks(k)
     if chunk < 1:
         raise MufasaError(f"--chunk {chunk}: must be >= 1")
     from mufasa_cli import artifacts
@@ -491,6 +486,101 @@ def eval_(
     render.eval_table(result, fmt.value)
     if fmt is not TableFormat.json:
         render.out.print(f"wrote {out_dir}", highlight=False)
+
+
+@app.command()
+@_guarded
+def ablate(
+    run: Annotated[Path, typer.Argument(help="Run folder with data/, fuse/, align/ and embed/ (the full model).")],
+    without: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A part to remove (repeatable): mfl, sal, window, block, selective, title, cf, cons, fuscl. "
+            "Prints Table 5."
+        ),
+    ] = None,
+    history_len: Annotated[
+        str | None,
+        typer.Option(help="Table 6: history lengths, comma-separated, 'full' = the recipe's max_len (e.g. 30,full)."),
+    ] = None,
+    attention: Annotated[
+        str, typer.Option(help="Table 6: attention kinds, comma-separated (sparse,full).")
+    ] = "sparse,full",
+    protocol: Annotated[str, typer.Option(help="loo, zero-shot or cold-start.")] = "zero-shot",
+    k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "5,10,20,50,100",
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe YAML the variants train with (as the full model).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the variants' training.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    fmt: Annotated[TableFormat, typer.Option("--format", help="table, md, csv or json.")] = TableFormat.table,
+) -> None:
+    """Re-run only the stages each removed part touches (RUN/ablate/VARIANT/), evaluate every
+    variant with the same protocol as the full model, and print Table 5 (--without) and/or
+    Table 6 (--history-len with --attention)."""
+    from mufasa_cli.config import load_recipe
+    from mufasa_cli.eval import ablate as ab
+    from mufasa_cli.eval.protocols import PROTOCOLS
+    from mufasa_cli.eval.run import run_eval
+    from mufasa_cli.runtime.device import resolve_device
+
+    if protocol not in PROTOCOLS:
+        raise MufasaError(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
+    ks = _parse_ks(k)
+    if not without and not history_len:
+        raise MufasaError("name --without parts (Table 5) or --history-len (Table 6)")
+    if without:
+        ab.check_ablations(without)
+    lengths: list[int | None] = []
+    for part in (history_len or "").split(","):
+        part = part.strip()
+        if part:
+            if part != "full" and not part.isdigit():
+                raise MufasaError(f"--history-len {part!r}: a positive integer or 'full'")
+            lengths.append(None if part == "full" else int(part))
+    kinds = [a.strip() for a in attention.split(",") if a.strip()]
+    bad = [a for a in kinds if a not in ("sparse", "full", "mean")]
+    if bad:
+        raise MufasaError(f"--attention {bad[0]!r}: choose from sparse, full, mean")
+    cfg = load_recipe(str(recipe) if recipe else None)
+    dev = resolve_device(device)
+    evaluate = lambda folder: run_eval(  # noqa: E731
+        folder, protocol=protocol, compare=[], ks=ks, keep_seen=False, test="ttest"
+    )
+    full = evaluate(run)
+    with render.progress() as on_progress:
+        on_step = render.training_progress(on_progress)
+        table5 = [("MUFASA", full)]
+        for x in without or []:
+            folder = ab.build_variant(run, x, cfg, seed=seed, device=dev, on_step=on_step)
+            table5.append((ab.LABELS[x], evaluate(folder)))
+        table6 = []
+        for length in lengths:
+            for kind in kinds:
+                folder = ab.build_history_variant(run, length, kind, cfg, seed=seed, device=dev, on_step=on_step)
+                table6.append((f"{length or 'full'} / {kind}", evaluate(folder)))
+    from mufasa_cli import artifacts
+
+    tables = {
+        name: {label: r["models"]["mufasa"]["mean"] for label, r in rows}
+        for name, rows in (("table5", table5 if without else []), ("table6", table6))
+        if rows
+    }
+    artifacts.atomic_write_json(run / "ablate" / f"tables-{protocol}.json", {"protocol": protocol, **tables})
+    if without:
+        render.ablation_table("Table 5: ablations", table5, fmt.value)
+    if table6:
+        render.ablation_table("Table 6: history length x attention", table6, fmt.value)
+
+
+def _parse_ks(k: str) -> list[int]:
+    try:
+        ks = sorted({int(x) for x in k.split(",") if x.strip()})
+    except ValueError:
+        raise MufasaError(f"--k {k!r}: expected comma-separated integers like 5,10,20") from None
+    if not ks or ks[0] < 1:
+        raise MufasaError(f"--k {k!r}: cut-offs must be >= 1")
+    return ks
 
 
 def main() -> None:

@@ -383,3 +383,51 @@ def eval_table(result: Mapping, fmt: str) -> None:
         )
     for name, why in result["skipped"].items():
         out.print(f"{MODEL_NAMES.get(name, name)} not evaluated: {why}", highlight=False)
+
+
+def ablation_table(title: str, rows: list[tuple[str, Mapping]], fmt: str) -> None:
+    """Tables 5 and 6: one row per variant, the protocol's columns, best bold, second underlined."""
+    import json
+
+    cols = table_columns(rows[0][1])
+    values = [[r["models"]["mufasa"]["mean"][c] for c in cols] for _, r in rows]
+    if fmt == "json":
+        out.print_json(
+            json.dumps({label: dict(zip(cols, v, strict=True)) for (label, _), v in zip(rows, values, strict=True)})
+        )
+        return
+    if fmt == "csv":
+        out.print("variant," + ",".join(cols), highlight=False, soft_wrap=True)
+        for (label, _), v in zip(rows, values, strict=True):
+            out.print(label + "," + ",".join(f"{x:.6f}" for x in v), highlight=False, soft_wrap=True)
+        return
+    order = [sorted({v[i] for v in values}, reverse=True) for i in range(len(cols))]
+
+    def cell(i: int, x: float, bold: str, under: str) -> str:
+        text = f"{x:.4f}"
+        return (
+            bold.format(text)
+            if x == order[i][0]
+            else under.format(text)
+            if len(order[i]) > 1 and x == order[i][1]
+            else text
+        )
+
+    protocol = rows[0][1]["protocol"]
+    if fmt == "md":
+        out.print(
+            f"{title} ({protocol})\n\n| Variant | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols),
+            highlight=False,
+            soft_wrap=True,
+        )
+        for (label, _), v in zip(rows, values, strict=True):
+            cells = [cell(i, x, "**{}**", "<u>{}</u>") for i, x in enumerate(v)]
+            out.print(f"| {label} | " + " | ".join(cells) + " |", highlight=False, markup=False, soft_wrap=True)
+        return
+    t = Table(title=f"{title} ({protocol})", title_justify="left")
+    t.add_column("Variant")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for (label, _), v in zip(rows, values, strict=True):
+        t.add_row(escape(label), *[cell(i, x, "[bold]{}[/]", "[underline]{}[/]") for i, x in enumerate(v)])
+    out.print(t)

@@ -59,8 +59,10 @@ def mufasa_vectors(run_dir: Path, cases: Cases) -> Vectors:
             f"{embed_dir / 'users.safetensors'}: no embedding for user {missing[0]} (re-run mufasa embed)"
         )
     params = _count(run_dir / "align" / "sal.safetensors")
-    mfl = run_dir / "align" / "mfl.safetensors"
-    params += _count(mfl if mfl.is_file() else run_dir / "fuse" / "mfl.safetensors")
+    for mfl in (run_dir / "align" / "mfl.safetensors", run_dir / "fuse" / "mfl.safetensors"):
+        if mfl.is_file():  # finetuned in align/, else fuse/'s; none for the w/o-MFL ablation
+            params += _count(mfl)
+            break
     return Vectors(torch.as_tensor(u["emb"][[row[int(x)] for x in cases.users]]), torch.as_tensor(e), params)
 
 

@@ -1,0 +1,141 @@
+"""`mufasa ablate`: the paper's Table 5. Each `--without X` re-runs only the stages X touches,
+in RUN/ablate/w-o-X/, with the untouched upstream stages linked from RUN (symbolic links,
+so nothing is copied and the staleness checks see the same manifests), then embeds and
+evaluates the variant with the same protocol as the full model (RUN itself).
+
+- title, cf, cons, fuscl: fuse-train without that MFL loss (LightGCN reused from RUN/fuse),
+  then align-train, embed.
+- mfl: no fusion layer. z = the first d principal components of the concatenated raw modality
+  vectors (each column standardised; d = the MFL width), then align-train, embed.
+- sal: the SAL replaced by mean pooling of the history (`--attention mean`), then embed.
+- window, block, selective: align-train `--without` that branch, then embed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mufasa_cli import artifacts
+from mufasa_cli.config import LOSS_NAMES, Recipe
+from mufasa_cli.errors import MufasaError
+from mufasa_cli.mfl.train import FUSED_FILE
+from mufasa_cli.mfl.train import run as fuse_run
+from mufasa_cli.runtime.loop import OnStep
+from mufasa_cli.sal.train import run_align, run_embed
+
+ABLATIONS = ("mfl", "sal", "window", "block", "selective", *LOSS_NAMES)
+LABELS = {
+    "mfl": "w/o MFL",
+    "sal": "w/o SAL",
+    **{b: f"w/o {b} attention" for b in ("window", "block", "selective")},
+    **{x: f"w/o L_{x}" for x in LOSS_NAMES},
+}
+
+
+def variant_name(x: str) -> str:
+    return f"w-o-{x}"
+
+
+def _link(target: Path, link: Path) -> None:
+    link.symlink_to(Path("..") / ".." / target.name, target_is_directory=True)
+
+
+def raw_projection(run_dir: Path, dim: int) -> np.ndarray:
+    """z without the MFL: PCA of the standardised, concatenated raw modality vectors, (N, dim)."""
+    from mufasa_cli.baselines.two_tower import content_features
+
+    x = content_features(run_dir / "data")
+    if x is None:
+        raise MufasaError(f"{run_dir / 'data'}: no modality vectors to project for w/o MFL")
+    x = (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
+    k = min(dim, x.shape[1], x.shape[0])
+    _, _, v = torch.linalg.svd(x, full_matrices=False)
+    z = (x @ v[:k].T).numpy().astype(np.float32)
+    if k < dim:
+        z = np.pad(z, ((0, 0), (0, dim - k)))
+    return z
+
+
+def write_raw_fuse(run_dir: Path, variant: Path, dim: int) -> None:
+    started = time.perf_counter()
+    z = raw_projection(run_dir, dim)
+    with artifacts.stage_writer(variant / "fuse", force=True) as tmp:
+        artifacts.save_tensors(tmp / FUSED_FILE, {"z": z})
+        artifacts.write_manifest(
+            tmp,
+            stage="fuse",
+            config={"ablation": "w/o MFL: PCA of the standardised concatenated raw modality vectors", "dim": dim},
+            seed=None,
+            inputs={"data": artifacts.input_record(variant / "data")},
+            counts={"items": len(z)},
+            wall_time_s=time.perf_counter() - started,
+        )
+
+
+def build_variant(
+    run_dir: Path, x: str, recipe: Recipe, *, seed: int, device: torch.device, on_step: OnStep | None
+) -> Path:
+    """RUN/ablate/w-o-X/ with data/ (and fuse/ when untouched) linked, the touched stages rebuilt."""
+    variant = run_dir / "ablate" / variant_name(x)
+    shutil.rmtree(variant, ignore_errors=True)
+    variant.mkdir(parents=True)
+    _link(run_dir / "data", variant / "data")
+    align = recipe.align
+    if x in LOSS_NAMES:
+        shutil.copytree(run_dir / "fuse", variant / "fuse")  # its LightGCN is reused, its MFL retrained
+        mfl = dataclasses.replace(recipe.fuse.mfl, without=tuple(sorted({*recipe.fuse.mfl.without, x})))
+        fuse_cfg = dataclasses.replace(recipe.fuse, mfl=mfl)
+        fuse_run(
+            variant, fuse_cfg, seed=seed, device=device, retrain_cf=False, resume=False, force=True, on_step=on_step
+        )
+    elif x == "mfl":
+        write_raw_fuse(run_dir, variant, recipe.fuse.mfl.d_model)
+    else:
+        _link(run_dir / "fuse", variant / "fuse")
+        if x == "sal":
+            align = dataclasses.replace(align, sal=dataclasses.replace(align.sal, attention="mean", without=()))
+        else:
+            without = tuple(sorted({*align.sal.without, x}))
+            align = dataclasses.replace(align, sal=dataclasses.replace(align.sal, without=without))
+    run_align(variant, align, seed=seed, device=device, resume=False, force=True, on_step=on_step)
+    run_embed(variant, device=device, force=True)
+    return variant
+
+
+def build_history_variant(
+    run_dir: Path, history_len: int | None, attention: str, recipe: Recipe, *, seed: int, device, on_step
+) -> Path:
+    """Table 6: the SAL with histories cut to `history_len` (None = the recipe's max_len) and
+    the given attention, in RUN/ablate/len-L-ATTENTION/ (data/ and fuse/ linked)."""
+    name = f"len-{history_len or 'full'}-{attention}"
+    variant = run_dir / "ablate" / name
+    shutil.rmtree(variant, ignore_errors=True)
+    variant.mkdir(parents=True)
+    _link(run_dir / "data", variant / "data")
+    _link(run_dir / "fuse", variant / "fuse")
+    sal = dataclasses.replace(recipe.align.sal, attention=attention, max_len=history_len or recipe.align.sal.max_len)
+    run_align(
+        variant,
+        dataclasses.replace(recipe.align, sal=sal),
+        seed=seed,
+        device=device,
+        resume=False,
+        force=True,
+        on_step=on_step,
+    )
+    run_embed(variant, device=device, force=True)
+    return variant
+
+
+def check_ablations(withouts: list[str]) -> None:
+    bad = [x for x in withouts if x not in ABLATIONS]
+    if bad:
+        raise MufasaError(f"--without {bad[0]!r}: choose from {', '.join(ABLATIONS)}")
+    if not withouts:
+        raise MufasaError("--without: name at least one part to remove")

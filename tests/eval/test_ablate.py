@@ -1,0 +1,74 @@
+"""`mufasa ablate` end to end on tiny synthetic: Table 5 and Table 6 rows, variants in their
+own folders, the full model's stages untouched."""
+
+import json
+
+import pytest
+
+from tests.conftest import folder_digest, invoke
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ablate")
+    run = base / "run"
+    recipe = base / "r.yaml"
+    recipe.write_text("fuse:\n  cf: {train: {epochs: 2}}\n  mfl: {train: {epochs: 1}}\nalign:\n  train: {epochs: 1}\n")
+    assert invoke("prepare", "synthetic", "--preset", "tiny", "--out", run).exit_code == 0
+    assert invoke("fuse-train", run, "--recipe", recipe).exit_code == 0
+    assert invoke("align-train", run, "--recipe", recipe).exit_code == 0
+    assert invoke("embed", run).exit_code == 0
+    return run, recipe
+
+
+def test_ablate_prints_tables_5_and_6_and_leaves_the_full_model_alone(full):
+    run, recipe = full
+    before = {s: folder_digest(run / s) for s in ("data", "fuse", "align", "embed")}
+    result = invoke(
+        "ablate",
+        run,
+        "--recipe",
+        recipe,
+        "--without",
+        "window",
+        "--without",
+        "mfl",
+        "--without",
+        "cons",
+        "--without",
+        "sal",
+        "--history-len",
+        "8",
+        "--attention",
+        "sparse",
+        "--protocol",
+        "loo",
+        "--format",
+        "csv",
+    )
+    assert result.exit_code == 0, result.output
+    labels = [line.split(",")[0] for line in result.stdout.splitlines()]
+    for label in ("MUFASA", "w/o window attention", "w/o MFL", "w/o L_cons", "w/o SAL", "8 / sparse"):
+        assert label in labels, label
+    assert {s: folder_digest(run / s) for s in before} == before
+    variant = run / "ablate" / "w-o-window"
+    assert (variant / "data").is_symlink() and (variant / "fuse").is_symlink() and (variant / "embed").is_dir()
+    assert not (run / "ablate" / "w-o-cons" / "fuse").is_symlink()  # the MFL was retrained there
+    tables = json.loads((run / "ablate" / "tables-loo.json").read_text())
+    assert set(tables["table5"]) == {"MUFASA", "w/o window attention", "w/o MFL", "w/o L_cons", "w/o SAL"}
+    assert tables["table5"]["MUFASA"]["HR@10"] >= 0 and list(tables["table6"]) == ["8 / sparse"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--without", "attention"), "--without 'attention'"),
+        (("--history-len", "ten"), "--history-len 'ten'"),
+        ((), "name --without parts"),
+        (("--without", "sal", "--protocol", "x"), "--protocol 'x'"),
+    ],
+)
+def test_bad_ablate_flags(full, args, message):
+    run, _ = full
+    result = invoke("ablate", run, *args)
+    assert result.exit_code == 2 and message in result.stderr
