@@ -1,7 +1,8 @@
 """SASRec on item ids (Kang & McAuley, ICDM 2018), the strong variant: cross-entropy over
 all items at every position (Klenitskiy & Vasilev, RecSys 2023), as RecBole trains it.
 
-Trained on the train split of train-role users, early-stopped on leave-one-out valid NDCG@10
+Trained on the train split of train-role users, cut into windows of max_len + 1 items so that
+every train item after a user's first is a target once, early-stopped on leave-one-out valid NDCG@10
 (full ranking, train items masked); cached under RUN/baselines/sasrec/. A user's vector is
 the last position's hidden state over their most recent max_len items; item vectors are the
 (tied) item embeddings, so score = dot product, like every model `eval` compares. SASRec is
@@ -23,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mufasa_cli import artifacts
+from mufasa_cli.baselines.common import training_windows
 from mufasa_cli.config import SASRecConfig, restore
 from mufasa_cli.errors import ArtifactError, DataSchemaError
 from mufasa_cli.metrics.ranking import csr, hit_rate, ndcg, target_ranks
@@ -117,10 +119,12 @@ def train(
     model = SASRec(num_items, cfg).to(device)
     L, pad = cfg.max_len, num_items
 
+    windows = training_windows(train_seqs, L)
+
     def batches(rng: np.random.Generator):
-        order = rng.permutation(len(train_seqs))
+        order = rng.permutation(len(windows))
         for s in range(0, len(order), cfg.train.batch_size):
-            chunk = [train_seqs[r][-(L + 1) :] for r in order[s : s + cfg.train.batch_size]]
+            chunk = [windows[r] for r in order[s : s + cfg.train.batch_size]]
             inputs = left_pad([c[:-1] for c in chunk], L, pad)
             targets = left_pad([c[1:] for c in chunk], L, pad)
             yield inputs.to(device), targets.to(device)
@@ -154,7 +158,7 @@ def train(
         model=model,
         cfg=cfg.train,
         seed=seed,
-        steps_per_epoch=max(1, -(-len(train_seqs) // cfg.train.batch_size)),
+        steps_per_epoch=max(1, -(-len(windows) // cfg.train.batch_size)),
         batches=batches,
         step_loss=step,
         validate=lambda: valid_metrics()["NDCG@10"],

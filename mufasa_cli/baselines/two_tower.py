@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mufasa_cli import artifacts
+from mufasa_cli.baselines.common import training_windows
 from mufasa_cli.config import TwoTowerConfig, restore
 from mufasa_cli.data import schema
 from mufasa_cli.errors import ArtifactError, DataSchemaError
@@ -172,12 +173,13 @@ def train(
     else:
         content = content_features(data_dir)
         model = YouTubeDNN(num_items, content, cfg).to(device)
-        steps = -(-len(train_seqs) // bs)
+        windows = training_windows(train_seqs, cfg.max_len)
+        steps = -(-len(windows) // bs)
 
         def batches(rng: np.random.Generator):
-            order = rng.permutation(len(train_seqs))
+            order = rng.permutation(len(windows))
             for s in range(0, len(order), bs):
-                chunk = [train_seqs[r][-(cfg.max_len + 1) :] for r in order[s : s + bs]]
+                chunk = [windows[r] for r in order[s : s + bs]]
                 inputs = right_pad([c[:-1] for c in chunk], cfg.max_len, num_items)
                 targets = right_pad([c[1:] for c in chunk], cfg.max_len, -1)
                 yield inputs.to(device), targets.to(device)

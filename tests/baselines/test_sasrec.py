@@ -55,3 +55,13 @@ def test_cross_entropy_falls_on_a_repeating_pattern():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.2 * losses[0]
+
+
+def test_training_windows_make_every_item_after_the_first_a_target_once():
+    from mufasa_cli.baselines.common import training_windows
+
+    seq = np.arange(12)
+    windows = training_windows([seq, np.array([7, 8]), np.array([5])], 5)
+    assert [w.tolist() for w in windows] == [[6, 7, 8, 9, 10, 11], [1, 2, 3, 4, 5, 6], [0, 1], [7, 8]]
+    targets = sorted(t for w in windows[:3] for t in w[1:].tolist())
+    assert targets == list(range(1, 12))
