@@ -440,6 +440,9 @@ def eval_(
     test: Annotated[str, typer.Option(help="Paired significance test: ttest or wilcoxon.")] = "ttest",
     fmt: Annotated[TableFormat, typer.Option("--format", help="table, md, csv or json.")] = TableFormat.table,
     chunk: Annotated[int, typer.Option(help="Users scored at once (memory: chunk x items scores).")] = 1024,
+    plot: Annotated[
+        Path | None, typer.Option(help="Also write metric@k curves per model to this PNG (needs the `plot` extra).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/eval/PROTOCOL.")] = False,
 ) -> None:
     """Evaluate MUFASA (RUN/embed) and baselines on one protocol; print the paper's table and
@@ -454,6 +457,10 @@ def eval_(
     if test not in TESTS:
         raise MufasaError(f"--test {test!r}: choose ttest or wilcoxon")
     ks = _parse_ks(k)
+    if plot is not None:
+        from mufasa_cli.eval.plot import check_plot
+
+        check_plot(plot)
     if chunk < 1:
         raise MufasaError(f"--chunk {chunk}: must be >= 1")
     from mufasa_cli import artifacts
@@ -484,6 +491,10 @@ def eval_(
     result = run_eval(run, protocol=protocol, compare=names, ks=ks, keep_seen=keep_seen, test=test, chunk=chunk)
     out_dir = write_eval(run, result, force)
     render.eval_table(result, fmt.value)
+    if plot is not None:
+        from mufasa_cli.eval.plot import plot_curves
+
+        render.out.print(f"wrote {plot_curves(result, plot)}", highlight=False)
     if fmt is not TableFormat.json:
         render.out.print(f"wrote {out_dir}", highlight=False)
 

@@ -17,6 +17,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from mufasa_cli.eval import DISPLAY_NAMES
+
 out = Console()
 err = Console(stderr=True)
 
@@ -280,16 +282,6 @@ def external_users(report: Mapping) -> None:
         )
 
 
-MODEL_NAMES = {
-    "mufasa": "MUFASA",
-    "lightgcn": "LightGCN",
-    "sasrec": "SASRec",
-    "dssm": "DSSM",
-    "youtube": "YouTubeDNN",
-    "mmgcn": "MMGCN",
-}
-
-
 def table_columns(result: Mapping) -> list[str]:
     """The paper's columns: Table 2 (HR/NDCG @10/@20) for one target, Table 3 (R@k) for several."""
     ks = result["ks"]
@@ -300,9 +292,9 @@ def table_columns(result: Mapping) -> list[str]:
 
 def _label(name: str, params: int) -> str:
     return (
-        f"{MODEL_NAMES.get(name, name)}-{params / 1e6:.1f}M"
+        f"{DISPLAY_NAMES.get(name, name)}-{params / 1e6:.1f}M"
         if params >= 50_000
-        else f"{MODEL_NAMES.get(name, name)}-{params / 1e6:.2f}M"
+        else f"{DISPLAY_NAMES.get(name, name)}-{params / 1e6:.2f}M"
     )
 
 
@@ -377,12 +369,12 @@ def eval_table(result: Mapping, fmt: str) -> None:
     if result["strongest_baseline"]:
         out.print(
             f"* p < 0.05, paired {result['test']} of MUFASA against the strongest baseline "
-            f"({MODEL_NAMES.get(result['strongest_baseline'])}, by {result['main_metric']})",
+            f"({DISPLAY_NAMES.get(result['strongest_baseline'])}, by {result['main_metric']})",
             highlight=False,
             soft_wrap=True,
         )
     for name, why in result["skipped"].items():
-        out.print(f"{MODEL_NAMES.get(name, name)} not evaluated: {why}", highlight=False)
+        out.print(f"{DISPLAY_NAMES.get(name, name)} not evaluated: {why}", highlight=False)
 
 
 def ablation_table(title: str, rows: list[tuple[str, Mapping]], fmt: str) -> None:

@@ -27,6 +27,7 @@ import torch
 from mufasa_cli import artifacts
 from mufasa_cli.data import schema
 from mufasa_cli.errors import ArtifactError, MufasaError
+from mufasa_cli.eval import DISPLAY_NAMES  # noqa: F401  (re-exported for callers)
 from mufasa_cli.eval.protocols import Cases, build_cases
 from mufasa_cli.metrics.ranking import csr, per_user_metrics, target_ranks
 

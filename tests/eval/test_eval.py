@@ -161,3 +161,13 @@ def test_compare_dssm_youtube_and_mmgcn_end_to_end(embedded, tmp_path):
     assert zs.exit_code == 0, zs.output
     m = json.loads((embedded / "eval/zero-shot/metrics.json").read_text())
     assert set(m["models"]) == {"mufasa", "youtube"} and {"dssm", "mmgcn"} <= set(m["skipped"])
+
+
+def test_plot_writes_a_png_and_refuses_other_names(embedded, tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "curves.png"
+    result = invoke("eval", embedded, "--compare", "lightgcn", "--force", "--plot", png)
+    assert result.exit_code == 0, result.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = invoke("eval", embedded, "--force", "--plot", tmp_path / "curves.jpg")
+    assert result.exit_code == 2 and "must end in .png" in result.stderr
