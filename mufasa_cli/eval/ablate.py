@@ -6,7 +6,8 @@ evaluates the variant with the same protocol as the full model (RUN itself).
 - title, cf, cons, fuscl: fuse-train without that MFL loss (LightGCN reused from RUN/fuse),
   then align-train, embed.
 - mfl: no fusion layer. z = the first d principal components of the concatenated raw modality
-  vectors (each column standardised; d = the MFL width), then align-train, embed.
+  vectors (each modality standardised; d = the MFL width), as fuse-train's "concat + PCA"
+  diagnostic, then align-train, embed.
 - sal: the SAL replaced by mean pooling of the history (`--attention mean`), then embed.
 - window, block, selective: align-train `--without` that branch, then embed.
 """
@@ -47,19 +48,14 @@ def _link(target: Path, link: Path) -> None:
 
 
 def raw_projection(run_dir: Path, dim: int) -> np.ndarray:
-    """z without the MFL: PCA of the standardised, concatenated raw modality vectors, (N, dim)."""
-    from mufasa_cli.baselines.two_tower import content_features
+    """z without the MFL: the fuse diagnostics' "concat + PCA" representation (each modality
+    standardised over the items that have it, absent ones zero, concatenated, PCA to dim)."""
+    from mufasa_cli.mfl.diagnostics import projected_concat
+    from mufasa_cli.mfl.train import load_data
 
-    x = content_features(run_dir / "data")
-    if x is None:
-        raise MufasaError(f"{run_dir / 'data'}: no modality vectors to project for w/o MFL")
-    x = (x - x.mean(0)) / x.std(0).clamp(min=1e-6)
-    k = min(dim, x.shape[1], x.shape[0])
-    _, _, v = torch.linalg.svd(x, full_matrices=False)
-    z = (x @ v[:k].T).numpy().astype(np.float32)
-    if k < dim:
-        z = np.pad(z, ((0, 0), (0, dim - k)))
-    return z
+    data = load_data(run_dir)
+    z = projected_concat(data.modalities, data.present, dim).astype(np.float32)
+    return np.pad(z, ((0, 0), (0, dim - z.shape[1]))) if z.shape[1] < dim else z
 
 
 def write_raw_fuse(run_dir: Path, variant: Path, dim: int) -> None:
