@@ -3,8 +3,10 @@
 Prepares `synthetic --preset large` once (fuse-train with 1 LightGCN and 1 MFL epoch: the
 benchmark measures the SAL's memory, not the fusion's quality), then runs one align-train
 epoch per --max-len, each in a fresh process, and reports the process's peak RSS, the growth
-over the smallest --max-len, and the mean history length each point actually read (a
-history is never longer than the user's train sequence: 1,000-1,600 items on `large`).
+over the smallest --max-len, the memory training itself adds (the peak RSS after the first
+training step minus the RSS at that step: data loaded, model built; Linux's clear_refs resets
+the peak mark there), and the mean history length each point actually read (a history is
+never longer than the user's train sequence: 1,000-1,600 items on `large`).
 
     python benchmarks/align_memory.py                                # large; 256 512 1024 2048
     python benchmarks/align_memory.py --preset tiny --max-lens 8 16 --json
@@ -43,19 +45,50 @@ def one_point(run: Path, max_len: int, objective: str, batch: int | None) -> dic
     cfg = dataclasses.replace(cfg, sal=sal, **{schedule: train})
     seqs = sal_train.load_sequences(run / "data")
     train_lengths = [len(seqs.of(u)[0]) for u in np.flatnonzero(seqs.roles == "train")]
-    base = _rss_mb()
+    del seqs
+    marks: dict[str, float | None] = {}
+
+    def on_step(name, epoch, step, steps, losses):
+        if "start" not in marks:  # the first step: data loaded, model built; training memory from here
+            marks["start"] = _reset_peak()
+
     t0 = time.perf_counter()
-    manifest = sal_train.run_align(run, cfg, seed=0, device=torch.device("cpu"), resume=False, force=True)
+    manifest = sal_train.run_align(
+        run, cfg, seed=0, device=torch.device("cpu"), resume=False, force=True, on_step=on_step
+    )
+    training_peak = _status_mb("VmHWM")
+    start = marks.get("start")
     return {
         "objective": objective,
         "max_len": max_len,
         "batch_size": train.batch_size,
         "valid_history_mean": float(np.mean(np.minimum(train_lengths, max_len))),
         "peak_rss_mb": _rss_mb(),
-        "rss_before_training_mb": base,
+        "rss_at_first_step_mb": start,
+        "training_growth_mb": training_peak - start if start is not None and training_peak is not None else None,
         "seconds": time.perf_counter() - t0,
         "valid_ndcg@10": manifest["valid"]["NDCG@10"],
     }
+
+
+def _status_mb(field: str) -> float | None:
+    """VmRSS / VmHWM of this process from /proc (Linux), MB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> float | None:
+    """Reset the peak-RSS mark (Linux: clear_refs 5) and return the current RSS, MB."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    return _status_mb("VmRSS")
 
 
 def ensure_run(work: Path, preset: str) -> Path:
@@ -97,21 +130,27 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["growth_mb"] = r["peak_rss_mb"] - first["peak_rss_mb"]
         r["len_ratio"] = r["valid_history_mean"] / first["valid_history_mean"]
-        r["growth_per_item_mb"] = (
-            r["growth_mb"] / (r["valid_history_mean"] - first["valid_history_mean"]) if r is not first else None
-        )
+        train = r["training_growth_mb"]
+        r["training_mb_per_item"] = train / r["valid_history_mean"] if train is not None else None
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
-    print(f"align-train peak RSS, synthetic --preset {args.preset}, objective {args.objective}, one epoch per point")
-    print(
-        f"{'--max-len':>9} {'mean valid L':>11} {'L ratio':>7} {'peak RSS MB':>11} {'growth MB':>9} {'MB / item':>9} {'s':>6}"
-    )
+    print(f"align-train memory, synthetic --preset {args.preset}, objective {args.objective}, one epoch per point")
+    print("training MB = peak RSS after the first step minus RSS at the first step (Linux clear_refs)")
+    header = f"{'--max-len':>9} {'mean valid L':>12} {'L ratio':>7} {'peak RSS MB':>11} {'training MB':>11}"
+    print(header + f" {'ratio':>6} {'MB / item':>9} {'s':>6}")
+    base = first["training_growth_mb"]
     for r in rows:
-        per = f"{r['growth_per_item_mb']:.3f}" if r["growth_per_item_mb"] is not None else "-"
+        train = r["training_growth_mb"]
+        cells = (
+            (f"{train:>11.0f}", f"{train / base:>6.2f}", f"{r['training_mb_per_item']:>9.3f}")
+            if train is not None and base
+            else (f"{'-':>11}", f"{'-':>6}", f"{'-':>9}")
+        )
         print(
-            f"{r['max_len']:>9} {r['valid_history_mean']:>11.0f} {r['len_ratio']:>7.2f} {r['peak_rss_mb']:>11.0f} "
-            f"{r['growth_mb']:>9.0f} {per:>9} {r['seconds']:>6.1f}"
+            f"{r['max_len']:>9} {r['valid_history_mean']:>12.0f} {r['len_ratio']:>7.2f} {r['peak_rss_mb']:>11.0f} "
+            + " ".join(cells)
+            + f" {r['seconds']:>6.1f}"
         )
     return 0
 
