@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from mufasa_cli.metrics.ranking import csr, hit_rate, ndcg, target_ranks
+from mufasa_cli.metrics.ranking import history_csr, hit_rate, ndcg, target_ranks
 from mufasa_cli.sal import train as sal_train
 
 
@@ -55,7 +55,7 @@ def ranks_of(run: Path, hist: list[np.ndarray], target: np.ndarray) -> np.ndarra
     users = sal_train.user_embeddings(model, z, hist, model.cfg.max_len)
     with torch.no_grad():
         items = model.items(z)
-    seen = csr(np.repeat(np.arange(len(hist)), [len(h) for h in hist]), np.concatenate(hist), len(hist))
+    seen = history_csr(hist)
     return target_ranks(lambda rows: users[torch.as_tensor(rows)], items, np.arange(len(hist)), target, *seen)
 
 

@@ -30,7 +30,7 @@ from mufasa_cli import artifacts
 from mufasa_cli.baselines.two_tower import modality_features
 from mufasa_cli.config import MMGCNConfig, restore
 from mufasa_cli.errors import ArtifactError, DataSchemaError
-from mufasa_cli.metrics.ranking import csr, hit_rate, ndcg, target_ranks
+from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.mfl.lightgcn import _SymmetricSpMM, normalized_adjacency, sample_negatives
 from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
 
@@ -134,9 +134,7 @@ def train(
             neg = sample_negatives(rng, train_users[idx], num_items, pos_keys)
             yield (torch.as_tensor(x, device=device) for x in (train_users[idx], train_items[idx], neg))
 
-    seen = csr(
-        np.repeat(np.arange(len(valid_hist)), [len(h) for h in valid_hist]), np.concatenate(valid_hist), len(valid_hist)
-    )
+    seen = history_csr(valid_hist)
 
     def valid_metrics() -> dict[str, float]:
         model.eval()
@@ -149,7 +147,7 @@ def train(
             np.array(valid_target),
             *seen,
         )
-        return {"HR@10": float(hit_rate(ranks, 10).mean()), "NDCG@10": float(ndcg(ranks, 10).mean())}
+        return top10(ranks)
 
     ckpt = run_dir / "baselines" / f".{NAME}.ckpt"
     result = fit(
@@ -187,10 +185,7 @@ def train(
             extra={
                 "device": str(device),
                 "valid": metrics,
-                "best_epoch": result.best_epoch + 1,
-                "epochs_run": result.epochs_run,
-                "stopped_early": result.stopped_early,
-                "history": result.history,
+                **result.summary(),
             },
         )
     shutil.rmtree(ckpt, ignore_errors=True)

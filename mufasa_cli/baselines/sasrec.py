@@ -27,7 +27,7 @@ from mufasa_cli import artifacts
 from mufasa_cli.baselines.common import training_windows
 from mufasa_cli.config import SASRecConfig, restore
 from mufasa_cli.errors import ArtifactError, DataSchemaError
-from mufasa_cli.metrics.ranking import csr, hit_rate, ndcg, target_ranks
+from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
 
 NAME = "sasrec"
@@ -137,9 +137,7 @@ def train(
         loss = F.cross_entropy(logits, targets[real])
         return loss, {"ce": loss.item()}
 
-    seen = csr(
-        np.repeat(np.arange(len(valid_hist)), [len(h) for h in valid_hist]), np.concatenate(valid_hist), len(valid_hist)
-    )
+    seen = history_csr(valid_hist)
 
     def valid_metrics() -> dict[str, float]:
         users = user_vectors(model, valid_hist)
@@ -150,7 +148,7 @@ def train(
             np.array(valid_target),
             *seen,
         )
-        return {"HR@10": float(hit_rate(ranks, 10).mean()), "NDCG@10": float(ndcg(ranks, 10).mean())}
+        return top10(ranks)
 
     out_dir = run_dir / "baselines" / NAME
     result = fit(
@@ -182,10 +180,7 @@ def train(
             extra={
                 "device": str(device),
                 "valid": metrics,
-                "best_epoch": result.best_epoch + 1,
-                "epochs_run": result.epochs_run,
-                "stopped_early": result.stopped_early,
-                "history": result.history,
+                **result.summary(),
             },
         )
     import shutil

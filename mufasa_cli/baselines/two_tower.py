@@ -31,7 +31,7 @@ from mufasa_cli.baselines.common import training_windows
 from mufasa_cli.config import TwoTowerConfig, restore
 from mufasa_cli.data import schema
 from mufasa_cli.errors import ArtifactError, DataSchemaError
-from mufasa_cli.metrics.ranking import csr, hit_rate, ndcg, target_ranks
+from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
 from mufasa_cli.sal.loss import in_batch, item_log_q, sampled_softmax_loss
 
@@ -200,9 +200,7 @@ def train(
         loss = sampled_softmax_loss(u, e, t, log_p[t] + math.log(len(cols)), negatives, cfg.tau)
         return loss, {"softmax": loss.item()}
 
-    seen = csr(
-        np.repeat(np.arange(len(valid_hist)), [len(h) for h in valid_hist]), np.concatenate(valid_hist), len(valid_hist)
-    )
+    seen = history_csr(valid_hist)
 
     def valid_metrics() -> dict[str, float]:
         model.eval()
@@ -215,7 +213,7 @@ def train(
             np.array(valid_target),
             *seen,
         )
-        return {"HR@10": float(hit_rate(ranks, 10).mean()), "NDCG@10": float(ndcg(ranks, 10).mean())}
+        return top10(ranks)
 
     ckpt = run_dir / "baselines" / f".{name}.ckpt"
     result = fit(
@@ -248,10 +246,7 @@ def train(
             extra={
                 "device": str(device),
                 "valid": metrics,
-                "best_epoch": result.best_epoch + 1,
-                "epochs_run": result.epochs_run,
-                "stopped_early": result.stopped_early,
-                "history": result.history,
+                **result.summary(),
             },
         )
     shutil.rmtree(ckpt, ignore_errors=True)

@@ -29,7 +29,7 @@ from mufasa_cli.data import schema
 from mufasa_cli.errors import ArtifactError, MufasaError
 from mufasa_cli.eval import DISPLAY_NAMES  # noqa: F401  (re-exported for callers)
 from mufasa_cli.eval.protocols import Cases, build_cases
-from mufasa_cli.metrics.ranking import csr, per_user_metrics, target_ranks
+from mufasa_cli.metrics.ranking import history_csr, per_user_metrics, target_ranks
 
 BASELINES = ("lightgcn", "sasrec", "dssm", "youtube", "mmgcn")
 TRAINED_HERE = ("sasrec", "dssm", "youtube", "mmgcn")  # eval trains these (cached under RUN/baselines/) when missing
@@ -155,15 +155,7 @@ def _count(path: Path) -> int:
 def score(cases: Cases, vectors: Vectors, ks: list[int], keep_seen: bool, chunk: int = 1024) -> dict[str, np.ndarray]:
     """Per-case metrics: rank every (case, target) pair among all items, the case's history
     masked unless keep_seen."""
-    exclude = (
-        ()
-        if keep_seen
-        else csr(
-            np.repeat(np.arange(len(cases)), [len(h) for h in cases.histories]),
-            np.concatenate(cases.histories) if len(cases) else np.zeros(0, np.int64),
-            len(cases),
-        )
-    )
+    exclude = () if keep_seen else history_csr(cases.histories)
     ranks = target_ranks(
         lambda rows: vectors.users[torch.as_tensor(rows)],
         vectors.items,

@@ -60,6 +60,17 @@ def ndcg(ranks: np.ndarray, k: int) -> np.ndarray:
     return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
 
 
+def history_csr(histories: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The exclusion lists of target_ranks for rows 0..len(histories)-1: each row's history."""
+    items = np.concatenate(histories) if histories else np.zeros(0, np.int64)
+    return csr(np.repeat(np.arange(len(histories)), [len(h) for h in histories]), items, len(histories))
+
+
+def top10(ranks: np.ndarray) -> dict[str, float]:
+    """The early-stopping pair every trainer reports: mean HR@10 and NDCG@10."""
+    return {"HR@10": float(hit_rate(ranks, 10).mean()), "NDCG@10": float(ndcg(ranks, 10).mean())}
+
+
 def csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
     """(indptr, items) grouping `items` by user, for the exclusion lists."""
     order = np.argsort(users, kind="stable")

@@ -57,6 +57,15 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     wall_time_s: float = 0.0
 
+    def summary(self) -> dict:
+        """What a stage's manifest records about its training run (epochs counted from 1)."""
+        return {
+            "best_epoch": self.best_epoch + 1,
+            "epochs_run": self.epochs_run,
+            "stopped_early": self.stopped_early,
+            "history": self.history,
+        }
+
 
 def _lr_lambda(cfg: TrainConfig, total_steps: int) -> Callable[[int], float]:
     warmup = int(cfg.warmup_frac * total_steps)

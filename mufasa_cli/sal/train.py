@@ -33,7 +33,7 @@ from mufasa_cli import artifacts
 from mufasa_cli.config import AlignConfig, SALConfig, TrainConfig, restore
 from mufasa_cli.data import schema
 from mufasa_cli.errors import DataSchemaError
-from mufasa_cli.metrics.ranking import csr, hit_rate, ndcg, target_ranks
+from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.mfl.fusion import FusionNetwork
 from mufasa_cli.mfl.train import FUSED_FILE, MFL_FILE, load_mfl
 from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
@@ -259,11 +259,7 @@ def run_align(
             shown["tau"] = model.tau().item()
         return loss, shown
 
-    seen = csr(
-        np.repeat(np.arange(len(data.valid_hist)), [len(h) for h in data.valid_hist]),
-        np.concatenate(data.valid_hist),
-        len(data.valid_hist),
-    )
+    seen = history_csr(data.valid_hist)
 
     @torch.no_grad()
     def current_z() -> torch.Tensor:
@@ -281,7 +277,7 @@ def run_align(
             data.valid_target,
             *seen,
         )
-        return {"HR@10": float(hit_rate(ranks, 10).mean()), "NDCG@10": float(ndcg(ranks, 10).mean())}
+        return top10(ranks)
 
     result = fit(
         name="sal",
@@ -323,10 +319,7 @@ def run_align(
                 "objective": cfg.sal.objective,
                 "tau": tau,
                 "valid": metrics,
-                "best_epoch": result.best_epoch + 1,
-                "epochs_run": result.epochs_run,
-                "stopped_early": result.stopped_early,
-                "history": result.history,
+                **result.summary(),
             },
         )
     shutil.rmtree(run_dir / f".{STAGE}.ckpt", ignore_errors=True)
