@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from mufasa_cli import artifacts
 from mufasa_cli.baselines.common import training_windows
 from mufasa_cli.config import SASRecConfig, restore
-from mufasa_cli.errors import ArtifactError, DataSchemaError
+from mufasa_cli.errors import ArtifactError
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
 
@@ -103,18 +103,10 @@ def train(
 ) -> dict:
     """Train and write RUN/baselines/sasrec/ (weights + manifest); returns the manifest."""
     started = time.perf_counter()
-    train_seqs, valid_hist, valid_target = [], [], []
-    for u in np.flatnonzero(seqs.roles == "train"):
-        items, splits = seqs.of(int(u))
-        tr = items[splits == "train"]
-        if len(tr) >= 2:
-            train_seqs.append(tr)
-        va = items[splits == "valid"]
-        if len(tr) and len(va):
-            valid_hist.append(tr)
-            valid_target.append(int(va[0]))
-    if not train_seqs:
-        raise DataSchemaError(f"{run_dir / 'data'}: no training user has two train interactions")
+    from mufasa_cli.sal.train import split_for_training
+
+    split = split_for_training(seqs, num_items, run_dir / "data")  # the same users and targets as align-train
+    train_seqs, valid_hist, valid_target = split.train_seqs, split.valid_hist, split.valid_target
     seed_everything(seed)
     model = SASRec(num_items, cfg).to(device)
     L, pad = cfg.max_len, num_items
