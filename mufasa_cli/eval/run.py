@@ -116,6 +116,7 @@ def ensure_baselines(
     from mufasa_cli.sal.train import load_sequences
 
     trained = {}
+    seqs, num_items = None, 0
     for name in names:
         if name not in TRAINED_HERE:
             continue
@@ -128,10 +129,11 @@ def ensure_baselines(
                     continue
             except ArtifactError:
                 pass
-        data_dir = run_dir / "data"
-        artifacts.verify_stage(data_dir)
-        seqs = load_sequences(data_dir)
-        num_items = artifacts.load_table(data_dir / schema.ITEMS_FILE, schema.ITEM_COLUMNS).height
+        if seqs is None:  # read data/ once, for the first baseline that needs training
+            data_dir = run_dir / "data"
+            artifacts.verify_stage(data_dir)
+            seqs = load_sequences(data_dir)
+            num_items = artifacts.load_table(data_dir / schema.ITEMS_FILE, schema.ITEM_COLUMNS).height
         cfg = getattr(recipe.baselines, name)
         if name == "sasrec":
             trained[name] = sasrec.train(
