@@ -34,6 +34,8 @@ class PrepareConfig:
     zero_shot_users: int | None = None  # None: the preset's (synthetic) or 0 (real data)
     on_bad_rows: Literal["fail", "skip"] = "fail"
     min_title_tokens: int = 3  # DESIGN.md: titles shorter than 3 tokens are not title_ok
+    split: Literal["loo", "global-time"] = "loo"
+    split_at: tuple[float, float] = (0.8, 0.9)  # global-time: valid and test cutoffs as time quantiles
 
     def __post_init__(self) -> None:
         if self.min_seq_len < 3:
@@ -52,6 +54,11 @@ class PrepareConfig:
             raise RecipeError(f"--on-bad-rows {self.on_bad_rows!r}: choose fail or skip")
         if self.text_encoder not in ("minilm", "none", "synthetic"):
             raise RecipeError(f"--text-encoder {self.text_encoder!r}: choose minilm or none")
+        if self.split not in ("loo", "global-time"):
+            raise RecipeError(f"--split {self.split!r}: choose loo or global-time")
+        a, b = self.split_at
+        if not 0.0 < a < b < 1.0:
+            raise RecipeError(f"--split-at {a},{b}: need 0 < valid cutoff < test cutoff < 1 (time quantiles)")
         if self.text_encoder == "synthetic" and self.dataset != "synthetic":
             raise RecipeError("generated title vectors exist only for the synthetic dataset")
 
@@ -213,12 +220,17 @@ class SASRecConfig:
     inner: int = 256
     dropout: float = 0.5
     max_len: int = 50
+    # training windows end every `stride` items (0 = max_len: no overlap); each target is
+    # trained once, with at least max_len + 1 - stride items of context
+    stride: int = 0
     train: TrainConfig = TrainConfig(
         epochs=200, batch_size=256, lr=1e-3, weight_decay=0.0, warmup_frac=0.0, min_lr_frac=1.0, patience=10
     )
 
     def __post_init__(self) -> None:
         _positive(self, "d_model", "num_layers", "num_heads", "inner", "max_len")
+        if not 0 <= self.stride <= self.max_len:
+            raise RecipeError(f"sasrec stride {self.stride}: must be in [0, max_len {self.max_len}] (0 = max_len)")
         if self.d_model % self.num_heads:
             raise RecipeError(f"sasrec d_model {self.d_model} must be divisible by num_heads {self.num_heads}")
         if not 0.0 <= self.dropout < 1.0:

@@ -5,11 +5,13 @@
 #   bash recipes/paper.sh synthetic [RUN]                        # built-in data, recipes/synthetic.yaml
 #   SOURCE=../shared/data/ml-100k bash recipes/paper.sh ml-100k [RUN]
 #   SOURCE=../shared/data/microlens-50k bash recipes/paper.sh microlens [RUN]
+#   SOURCE=path/to/ml-1m bash recipes/paper.sh ml-1m [RUN]           # GroupLens ml-1m/*.dat
 #
 # Environment: PRESET (synthetic preset, default `default`), RECIPE (a recipe file instead of
-# the dataset's), COMPARE (baselines, default all five), HISTORY_LEN (Table 6 lengths, default 30,full).
+# the dataset's), COMPARE (baselines, default all five), HISTORY_LEN (Table 6 lengths, default 30,full),
+# SPLIT (loo, the default, or global-time: the leakage-free global temporal split).
 set -euo pipefail
-dataset=${1:?usage: recipes/paper.sh synthetic|ml-100k|microlens [RUN]}
+dataset=${1:?usage: recipes/paper.sh synthetic|ml-100k|ml-1m|microlens [RUN]}
 here=$(cd "$(dirname "$0")" && pwd)
 compare=${COMPARE:-lightgcn,sasrec,dssm,youtube,mmgcn}
 case "$dataset" in
@@ -23,17 +25,22 @@ case "$dataset" in
     recipe=${RECIPE:-$here/ml-100k.yaml}
     prepare=(recbole --source "${SOURCE:?set SOURCE to the ml-100k folder}")
     protocols=(loo) ;;
+  ml-1m)
+    run=${2:-runs/paper-ml-1m}
+    recipe=${RECIPE:-$here/ml-1m.yaml}
+    prepare=(movielens --source "${SOURCE:?set SOURCE to the ml-1m folder}")
+    protocols=(loo) ;;
   microlens)
     run=${2:-runs/paper-microlens}
     recipe=${RECIPE:-$here/microlens.yaml}
     prepare=(microlens --source "${SOURCE:?set SOURCE to the MicroLens folder}")
     protocols=(loo) ;;
-  *) echo "recipes/paper.sh: unknown dataset '$dataset' (synthetic, ml-100k, microlens)" >&2; exit 2 ;;
+  *) echo "recipes/paper.sh: unknown dataset '$dataset' (synthetic, ml-100k, ml-1m, microlens)" >&2; exit 2 ;;
 esac
 ablations=()
 for part in mfl sal window block selective title cf cons fuscl; do ablations+=(--without "$part"); done
 
-mufasa prepare "${prepare[@]}" --out "$run" --force              # Table 1
+mufasa prepare "${prepare[@]}" --split "${SPLIT:-loo}" --out "$run" --force              # Table 1
 mufasa fuse-train "$run" --recipe "$recipe" --force
 mufasa align-train "$run" --recipe "$recipe" --force
 mufasa embed "$run" --force

@@ -111,14 +111,19 @@ def train(
     model = SASRec(num_items, cfg).to(device)
     L, pad = cfg.max_len, num_items
 
-    windows = training_windows(train_seqs, L)
+    windows = training_windows(train_seqs, L, cfg.stride or L)
+
+    def owned_targets(window: np.ndarray, first: int) -> np.ndarray:
+        t = window[1:].copy()
+        t[:first] = pad  # targets an overlapping later window owns
+        return t
 
     def batches(rng: np.random.Generator):
         order = rng.permutation(len(windows))
         for s in range(0, len(order), cfg.train.batch_size):
             chunk = [windows[r] for r in order[s : s + cfg.train.batch_size]]
-            inputs = left_pad([c[:-1] for c in chunk], L, pad)
-            targets = left_pad([c[1:] for c in chunk], L, pad)
+            inputs = left_pad([w[:-1] for w, _ in chunk], L, pad)
+            targets = left_pad([owned_targets(w, first) for w, first in chunk], L, pad)
             yield inputs.to(device), targets.to(device)
 
     def step(batch):

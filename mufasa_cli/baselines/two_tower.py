@@ -173,7 +173,7 @@ def train(
     else:
         content = content_features(data_dir)
         model = YouTubeDNN(num_items, content, cfg).to(device)
-        windows = training_windows(train_seqs, cfg.max_len)
+        windows = [w for w, _ in training_windows(train_seqs, cfg.max_len)]
         steps = -(-len(windows) // bs)
 
         def batches(rng: np.random.Generator):

@@ -93,6 +93,11 @@ class OnBadRows(StrEnum):
     skip = "skip"
 
 
+class Split(StrEnum):
+    loo = "loo"
+    global_time = "global-time"
+
+
 @app.command()
 @_guarded
 def prepare(
@@ -142,6 +147,17 @@ def prepare(
             help="Titles with fewer word tokens are not title_ok (kept out of the title losses); short movie titles may want 1."
         ),
     ] = 3,
+    split: Annotated[
+        Split,
+        typer.Option(
+            help="loo: each user's last interaction is test, the one before valid. global-time: two global time "
+            "cutoffs (--split-at); before the first is train, a user's first interaction after each cutoff is "
+            "valid / test (leakage-free; needs real timestamps)."
+        ),
+    ] = Split.loo,
+    split_at: Annotated[
+        str, typer.Option(help="global-time: the valid and test cutoffs as quantiles of all train users' timestamps.")
+    ] = "0.8,0.9",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/data.")] = False,
 ) -> None:
     """Read a dataset, split it, embed titles, and write RUN/data/ (items, interactions, users, features)."""
@@ -164,6 +180,8 @@ def prepare(
         zero_shot_users=zero_shot_users,
         on_bad_rows=on_bad_rows.value,
         min_title_tokens=min_title_tokens,
+        split=split.value,
+        split_at=_parse_floats(split_at, "--split-at", 2),
     )
     run_dir = out if out is not None else Path("runs") / name
     with render.progress() as on_progress:
@@ -592,6 +610,16 @@ def _parse_ks(k: str) -> list[int]:
     if not ks or ks[0] < 1:
         raise MufasaError(f"--k {k!r}: cut-offs must be >= 1")
     return ks
+
+
+def _parse_floats(text: str, flag: str, n: int) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise MufasaError(f"{flag} {text!r}: expected {n} comma-separated numbers") from None
+    if len(values) != n:
+        raise MufasaError(f"{flag} {text!r}: expected {n} comma-separated numbers")
+    return values
 
 
 def main() -> None:

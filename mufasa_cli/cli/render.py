@@ -105,6 +105,14 @@ def prepare_summary(dataset: str, counts: Mapping, manifest: Mapping) -> None:
         "interactions: train / valid / test / zero-shot history",
         " / ".join(_int(splits[s]) for s in ("train", "valid", "test", "history")),
     )
+    if "global_time_cutoffs" in counts:
+        c_valid, c_test = counts["global_time_cutoffs"]
+        sp.add_row("split: global time cutoffs (valid / test)", f"{c_valid:g} / {c_test:g}")
+        sp.add_row(
+            "dropped: interactions after a target / users with nothing before the cutoff",
+            f"{_int(counts['interactions_dropped_after_target'])} / "
+            f"{_int(counts['users_dropped_no_train_before_cutoff'])}",
+        )
     sp.add_row(
         "title anchor",
         f"{manifest['title_encoder']} ({manifest['title_dim']}d)"
@@ -335,7 +343,8 @@ def eval_table(result: Mapping, fmt: str) -> None:
             return under.format(text)
         return text
 
-    title = f"{result['protocol']}: {result['cases']:,} users, {result['pairs']:,} targets" + (
+    split = ", global-time split" if result.get("split") == "global-time" else ""
+    title = f"{result['protocol']}{split}: {result['cases']:,} users, {result['pairs']:,} targets" + (
         ", seen items kept" if result["keep_seen"] else ", seen items masked"
     )
     if fmt == "csv":

@@ -3,8 +3,8 @@
 Order of operations (each step counted for the summary and the manifest):
 exact duplicates dropped -> chronological order per user (ties keep file order) ->
 --max-seq-len keeps each user's most recent items -> users under --min-seq-len dropped ->
-zero-shot users chosen -> leave-one-out splits -> optional cold items (their train
-interactions removed) -> catalogue = items still interacted with -> natural-order ids ->
+zero-shot users chosen -> leave-one-out splits (or, with --split global-time, splits at two
+global time cutoffs) -> optional cold items (their train interactions removed) -> catalogue = items still interacted with -> natural-order ids ->
 title quality -> title anchor and modality matrices aligned to item ids.
 """
 
@@ -96,6 +96,49 @@ def _assign_splits(inter: pl.DataFrame) -> pl.DataFrame:
     return inter.with_columns(split=split).drop("_n")
 
 
+def _global_time_splits(inter: pl.DataFrame, at: tuple[float, float], counts: dict) -> pl.DataFrame:
+    """Re-split train-role users at two global time cutoffs (the quantiles `at` of their
+    timestamps), the leakage-free alternative to leave-one-out: interactions before the first
+    cutoff are train; a user's first interaction between the cutoffs is valid and their first at
+    or after the second is test; later ones are dropped (they would come after a target), and
+    so are users with no train interaction left. Zero-shot users keep their split."""
+    mine = inter.filter(pl.col("role") == "train")["timestamp"]
+    c_valid, c_test = (float(mine.quantile(q, "lower")) for q in at)
+    ts = pl.col("timestamp")
+    window = pl.when(ts < c_valid).then(0).when(ts < c_test).then(1).otherwise(2)
+    inter = inter.with_columns(_w=window)
+    first = pl.int_range(pl.len()).over(["raw_user", "_w"]) == 0
+    split = (
+        pl.when(pl.col("role") != "train")
+        .then(pl.col("split"))
+        .when(pl.col("_w") == 0)
+        .then(pl.lit("train"))
+        .when(first & (pl.col("_w") == 1))
+        .then(pl.lit("valid"))
+        .when(first & (pl.col("_w") == 2))
+        .then(pl.lit("test"))
+    )
+    before = inter.height
+    inter = inter.with_columns(split=split).filter(pl.col("split").is_not_null()).drop("_w")
+    counts["global_time_cutoffs"] = [c_valid, c_test]
+    counts["interactions_dropped_after_target"] = before - inter.height
+    no_train = (
+        inter.filter(pl.col("role") == "train")
+        .group_by("raw_user")
+        .agg((pl.col("split") == "train").sum().alias("n_train"))
+        .filter(pl.col("n_train") == 0)["raw_user"]
+    )
+    counts["users_dropped_no_train_before_cutoff"] = len(no_train)
+    inter = inter.filter(~pl.col("raw_user").is_in(no_train.implode()))
+    for name in ("valid", "test"):
+        if not ((inter["split"] == name) & (inter["role"] == "train")).any():
+            raise RecipeError(
+                f"--split global-time --split-at {at[0]},{at[1]}: no train-role user has a {name} interaction; "
+                "move the cutoffs apart"
+            )
+    return inter.with_columns(pos=pl.int_range(pl.len()).over("raw_user"))
+
+
 def _aligned(ids: list[str], values: np.ndarray, index: dict[str, int], n: int) -> tuple[np.ndarray, np.ndarray]:
     out = np.zeros((n, values.shape[1]), dtype=np.float32)
     mask = np.zeros(n, dtype=bool)
@@ -154,6 +197,12 @@ def build(
         role=pl.when(pl.col("raw_user").is_in(list(zero_shot))).then(pl.lit("zero_shot")).otherwise(pl.lit("train"))
     )
     inter = _assign_splits(inter)
+    if cfg.split == "global-time":
+        if not raw.has_timestamps:
+            raise RecipeError(
+                f"--split global-time: the {cfg.dataset} source gave no timestamps (only an order); use --split loo"
+            )
+        inter = _global_time_splits(inter, cfg.split_at, counts)
 
     # cold items: a seeded share of the catalogue, drawn among items that are valid/test targets
     planted: set[str] = set()

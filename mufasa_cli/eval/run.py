@@ -194,7 +194,8 @@ def run_eval(
     if unknown:
         raise MufasaError(f"--compare {unknown[0]!r}: choose from {', '.join(BASELINES)}")
     data_dir = run_dir / "data"
-    artifacts.verify_stage(data_dir)
+    data_manifest = artifacts.verify_stage(data_dir)
+    split = data_manifest.get("config", {}).get("split", "loo")
     cases = build_cases(data_dir, protocol)
     if not len(cases):
         raise MufasaError(f"{data_dir}: no {protocol} case (no user with a target for this protocol)")
@@ -225,6 +226,7 @@ def run_eval(
             p_values[k] = paired_p(models["mufasa"]["per_user"][k], models[strongest]["per_user"][k], test)
     return {
         "protocol": protocol,
+        "split": split,
         "keep_seen": keep_seen,
         "ks": ks,
         "cases": len(cases),
@@ -251,7 +253,7 @@ def write_eval(run_dir: Path, result: dict, force: bool) -> Path:
         artifacts.write_manifest(
             tmp,
             stage="eval",
-            config={k: result[k] for k in ("protocol", "keep_seen", "ks", "test")},
+            config={k: result[k] for k in ("protocol", "split", "keep_seen", "ks", "test") if k in result},
             seed=None,
             inputs={
                 s: artifacts.input_record(run_dir / s) for s in ("data", "fuse", "embed") if (run_dir / s).is_dir()

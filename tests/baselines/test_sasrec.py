@@ -62,6 +62,28 @@ def test_training_windows_make_every_item_after_the_first_a_target_once():
 
     seq = np.arange(12)
     windows = training_windows([seq, np.array([7, 8]), np.array([5])], 5)
-    assert [w.tolist() for w in windows] == [[6, 7, 8, 9, 10, 11], [1, 2, 3, 4, 5, 6], [0, 1], [7, 8]]
-    targets = sorted(t for w in windows[:3] for t in w[1:].tolist())
+    assert [w.tolist() for w, _ in windows] == [[6, 7, 8, 9, 10, 11], [1, 2, 3, 4, 5, 6], [0, 1], [7, 8]]
+    assert [first for _, first in windows] == [0, 0, 0, 0]
+    targets = sorted(t for w, _ in windows[:3] for t in w[1:].tolist())
     assert targets == list(range(1, 12))
+
+
+def test_overlapping_windows_own_each_target_once_with_long_context():
+    from mufasa_cli.baselines.common import training_windows
+
+    seq = np.arange(12)  # item i at index i, so targets are their own context length
+    windows = training_windows([seq], 5, stride=2)
+    assert [(w.tolist(), first) for w, first in windows] == [
+        ([6, 7, 8, 9, 10, 11], 3),  # owns 10, 11
+        ([4, 5, 6, 7, 8, 9], 3),  # owns 8, 9
+        ([2, 3, 4, 5, 6, 7], 3),  # owns 6, 7
+        ([0, 1, 2, 3, 4, 5], 3),  # owns 4, 5
+        ([0, 1, 2, 3], 1),  # owns 2, 3: 1 belongs to the last window
+        ([0, 1], 0),  # owns 1
+    ]
+    owned = [t for w, first in windows for t in w[1:][first:].tolist()]
+    assert sorted(owned) == list(range(1, 12))
+    # every owned target beyond the sequence start sees at least max_len + 1 - stride = 4 items
+    for w, first in windows:
+        for j in range(first, len(w) - 1):
+            assert j + 1 >= 4 or w[0] == 0

@@ -158,3 +158,10 @@ def test_failure_while_writing_keeps_the_old_run(good_run, monkeypatch):
 def test_debug_shows_the_traceback(tmp_path):
     result = invoke("--debug", "prepare", "microlens", "--source", tmp_path / "nope", "--out", tmp_path / "r")
     assert result.exit_code == 2 and "Traceback" in result.output
+
+
+def test_global_time_split_on_an_order_only_source_keeps_the_old_run(tmp_path, good_run):
+    src = _microlens(tmp_path, "u1\t1 2 3\nu2\t2 3 1\n")
+    _fails(_prepare_into(good_run, src, "--split", "global-time"), "--split global-time", "no timestamps")
+    _fails(_prepare_into(good_run, src, "--split", "global-time", "--split-at", "0.8"), "--split-at '0.8'")
+    _fails(_prepare_into(good_run, src, "--split", "global-time", "--split-at", "0.9,0.2"), "--split-at 0.9,0.2")

@@ -7,7 +7,7 @@ from safetensors.numpy import save_file
 
 from mufasa_cli.config import PrepareConfig
 from mufasa_cli.data import prepare, schema
-from mufasa_cli.errors import DataSchemaError
+from mufasa_cli.errors import DataSchemaError, RecipeError
 from tests.conftest import write
 
 
@@ -226,3 +226,38 @@ def test_zero_shot_and_cold_items_never_reach_training(tmp_path):
     # leave-one-out: valid/test are the user's last interactions by timestamp
     last = tr.group_by("user").agg(pl.col("split").sort_by("pos").last())
     assert (last["split"] == "test").all()
+
+
+# ---------------------------------------------------------------- global time split
+
+
+def test_global_time_split_by_hand(tmp_path):
+    # all timestamps sorted: 1..8, 9, 9, 10, 10, 11 (13 values); "lower" quantiles at
+    # 0.5 and 0.75 are the 7th and 10th values: cutoffs 7 and 9
+    rows = "a,x1,1\na,x2,2\na,x3,8\na,x4,9\na,x5,10\nb,y1,3\nb,y2,4\nb,y3,5\nb,y4,6\nb,y5,7\nc,z1,9\nc,z2,10\nc,z3,11\n"
+    src = _custom_inter(tmp_path, rows)
+    p = run(tmp_path, "custom", src, split="global-time", split_at=(0.5, 0.75))
+    assert p.counts["global_time_cutoffs"] == [7.0, 9.0]
+    # a: before 7 train, first in [7, 9) valid, first at >= 9 test, the one after it dropped
+    assert seq(p, "a") == [("x1", "train"), ("x2", "train"), ("x3", "valid"), ("x4", "test")]
+    # b: no interaction at >= 9, so no test; 7 is the first at the valid cutoff
+    assert seq(p, "b") == [("y1", "train"), ("y2", "train"), ("y3", "train"), ("y4", "train"), ("y5", "valid")]
+    # c: nothing before the first cutoff, so nothing to train on or to embed: dropped
+    assert p.users["raw_id"].to_list() == ["a", "b"]
+    assert p.counts["users_dropped_no_train_before_cutoff"] == 1
+    assert p.counts["interactions_dropped_after_target"] == 3  # a's x5, c's z2 and z3
+    # no train interaction is at or after the valid cutoff: nothing from the future is trained on
+    x = p.interactions.filter(pl.col("split") == "train")
+    assert x["timestamp"].max() < 7.0
+    assert p.interactions.group_by("user").agg((pl.col("pos").sort() == pl.int_range(pl.len())).all())[:, 1].all()
+
+
+def test_global_time_split_needs_timestamps_and_targets(tmp_path):
+    write(tmp_path / "m" / "seq_pairs.tsv", "u1\ta b c d\nu2\tb c d e\n")
+    with pytest.raises(RecipeError, match="--split global-time: the microlens source gave no timestamps"):
+        run(tmp_path, "microlens", tmp_path / "m", split="global-time")
+    src = _custom_inter(tmp_path, "a,x,1\na,y,2\na,z,3\nb,x,10\nb,y,11\nb,z,12\n")
+    with pytest.raises(RecipeError, match="no train-role user has a valid interaction"):
+        run(tmp_path, "custom", src, split="global-time", split_at=(0.6, 0.7))
+    with pytest.raises(RecipeError, match="--split-at 0.9,0.8"):
+        PrepareConfig(dataset="custom", split="global-time", split_at=(0.9, 0.8))

@@ -171,3 +171,33 @@ def test_plot_writes_a_png_and_refuses_other_names(embedded, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = invoke("eval", embedded, "--force", "--plot", tmp_path / "curves.jpg")
     assert result.exit_code == 2 and "must end in .png" in result.stderr
+
+
+def test_global_time_split_runs_the_pipeline_and_says_so(tmp_path):
+    # 40 users whose timelines overlap, so that both global cutoffs cut through most of them
+    rng = np.random.default_rng(0)
+    src = tmp_path / "src"
+    src.mkdir()
+    rows = [f"u{u},i{int(rng.integers(30))},{10 * k + u % 7}" for u in range(40) for k in range(12)]
+    (src / "inter.csv").write_text("u,i,t\n" + "\n".join(rows) + "\n")
+    np.savez(src / "img.npz", ids=np.array([f"i{k}" for k in range(30)]), emb=rng.normal(size=(30, 8)))
+    (src / "schema.yaml").write_text(
+        "interactions: {path: inter.csv, user: u, item: i, timestamp: t}\nfeatures: {image: img.npz}\n"
+    )
+    run = tmp_path / "run"
+    steps = [
+        ("prepare", "custom", "--source", src, "--out", run, "--text-encoder", "none", "--split", "global-time"),
+        ("fuse-train", run, "--epochs", "1", "--cf-epochs", "2"),
+        ("align-train", run, "--epochs", "1"),
+        ("embed", run),
+    ]
+    for args in steps:
+        assert invoke(*args).exit_code == 0, args
+    inter = pl.read_parquet(run / "data/interactions.parquet")
+    cut_valid, cut_test = artifacts.read_manifest(run / "data")["counts"]["global_time_cutoffs"]
+    assert inter.filter(pl.col("split") == "train")["timestamp"].max() < cut_valid
+    assert inter.filter(pl.col("split") == "test")["timestamp"].min() >= cut_test
+    result = invoke("eval", run, "--compare", "lightgcn", "--format", "md")
+    assert result.exit_code == 0, result.output
+    assert "loo, global-time split:" in result.stdout
+    assert json.loads((run / "eval/loo/metrics.json").read_text())["split"] == "global-time"

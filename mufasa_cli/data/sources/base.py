@@ -58,6 +58,8 @@ class RawDataset:
     # Keep item rows that have no interaction in the catalogue (synthetic: every generated item
     # is a candidate); real datasets keep only interacted items, as their published counts do.
     keep_items_without_interactions: bool = False
+    # False when the source has only an order (timestamps are positions): no global time split.
+    has_timestamps: bool = True
     inputs: dict[str, str] = field(default_factory=dict)  # source file -> sha256
     notes: dict[str, object] = field(default_factory=dict)  # counts for the summary/manifest
 

@@ -125,4 +125,4 @@ def load(source: Path, bad: BadRows) -> RawDataset:
         feature_paths.append((str(name), p))
         inputs[str(p)] = sha256_file(p)
     modalities = load_feature_files(feature_paths, bad)
-    return RawDataset(interactions, items, genres, modalities, inputs=inputs)
+    return RawDataset(interactions, items, genres, modalities, inputs=inputs, has_timestamps="timestamp" in it)

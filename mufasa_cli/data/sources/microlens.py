@@ -185,4 +185,6 @@ def load(folders: list[Path], bad: BadRows) -> RawDataset:
         },
         schema={"raw_item": pl.String, "title": pl.String, "genre": pl.String, "category": pl.String},
     )
-    return RawDataset(interactions, items, [GENRE], modalities, inputs=inputs, notes=notes)
+    return RawDataset(
+        interactions, items, [GENRE], modalities, inputs=inputs, notes=notes, has_timestamps=pairs.suffix != ".tsv"
+    )

@@ -139,7 +139,7 @@ def load(source: Path, bad: BadRows) -> RawDataset:
         },
         schema={"raw_item": pl.String, "title": pl.String, "genre": pl.String, "category": pl.String},
     )
-    return RawDataset(interactions, items, [name], modalities, inputs=inputs)
+    return RawDataset(interactions, items, [name], modalities, inputs=inputs, has_timestamps=t_col is not None)
 
 
 def _dense(
