@@ -25,7 +25,7 @@ def canonical_dataset(name: str) -> str:
 class PrepareConfig:
     dataset: str
     sources: tuple[str, ...] = ()
-    preset: str | None = None  # synthetic only: tiny | default | large
+    preset: str | None = None  # synthetic only: tiny | small | default | large
     seed: int = 0
     min_seq_len: int = 3
     max_seq_len: int | None = None

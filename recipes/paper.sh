@@ -2,12 +2,14 @@
 # The paper's pipeline on one dataset, printing Tables 1, 2 (leave-one-out) or 3 (zero-shot), 5 and 6:
 #   prepare -> fuse-train -> align-train -> embed -> eval (all baselines) -> ablate.
 #
-#   bash recipes/paper.sh synthetic [RUN]                        # built-in data, recipes/synthetic.yaml
+#   bash recipes/paper.sh synthetic [RUN]                        # built-in data, quick: --preset small,
+#                                                                # recipes/synthetic-small.yaml
+#   PRESET=default bash recipes/paper.sh synthetic [RUN]         # full scale, recipes/synthetic.yaml
 #   SOURCE=../shared/data/ml-100k bash recipes/paper.sh ml-100k [RUN]
 #   SOURCE=../shared/data/microlens-50k bash recipes/paper.sh microlens [RUN]
 #   SOURCE=path/to/ml-1m bash recipes/paper.sh ml-1m [RUN]           # GroupLens ml-1m/*.dat
 #
-# Environment: PRESET (synthetic preset, default `default`), RECIPE (a recipe file instead of
+# Environment: PRESET (synthetic preset, default `small`), RECIPE (a recipe file instead of
 # the dataset's), COMPARE (baselines, default all five), HISTORY_LEN (Table 6 lengths, default 30,full),
 # SPLIT (loo, the default, or global-time: the leakage-free global temporal split).
 set -euo pipefail
@@ -17,8 +19,10 @@ compare=${COMPARE:-lightgcn,sasrec,dssm,youtube,mmgcn}
 case "$dataset" in
   synthetic)
     run=${2:-runs/paper-synthetic}
-    recipe=${RECIPE:-$here/synthetic.yaml}
-    prepare=(synthetic --preset "${PRESET:-default}")
+    preset=${PRESET:-small}
+    if [[ $preset == small ]]; then default_recipe=$here/synthetic-small.yaml; else default_recipe=$here/synthetic.yaml; fi
+    recipe=${RECIPE:-$default_recipe}
+    prepare=(synthetic --preset "$preset")
     protocols=(loo zero-shot) ;;
   ml-100k)
     run=${2:-runs/paper-ml-100k}

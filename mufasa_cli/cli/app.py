@@ -78,6 +78,7 @@ def main_options(
 
 class Preset(StrEnum):
     tiny = "tiny"
+    small = "small"
     default = "default"
     large = "large"
 
@@ -117,7 +118,9 @@ def prepare(
     ] = None,
     preset: Annotated[
         Preset | None,
-        typer.Option(help="synthetic size: tiny (tests), default (quickstart), large (benchmarks). (default: default)"),
+        typer.Option(
+            help="synthetic size: tiny (tests), small (recipes/paper.sh's quick run), default (quickstart), large (benchmarks). (default: default)"
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for generation and sampling (same seed, same bytes).")] = 0,
     min_seq_len: Annotated[int, typer.Option(help="Drop users with fewer interactions (>= 3).")] = 3,

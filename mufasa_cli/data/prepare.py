@@ -96,6 +96,17 @@ def _assign_splits(inter: pl.DataFrame) -> pl.DataFrame:
     return inter.with_columns(split=split).drop("_n")
 
 
+def _drop_users_without_train(inter: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+    """Train-role users left with no train interaction (nothing to learn or embed them from) go."""
+    no_train = (
+        inter.filter(pl.col("role") == "train")
+        .group_by("raw_user")
+        .agg((pl.col("split") == "train").sum().alias("n_train"))
+        .filter(pl.col("n_train") == 0)["raw_user"]
+    )
+    return inter.filter(~pl.col("raw_user").is_in(no_train.implode())), len(no_train)
+
+
 def _global_time_splits(inter: pl.DataFrame, at: tuple[float, float], counts: dict) -> pl.DataFrame:
     """Re-split train-role users at two global time cutoffs (the quantiles `at` of their
     timestamps), the leakage-free alternative to leave-one-out: interactions before the first
@@ -122,14 +133,7 @@ def _global_time_splits(inter: pl.DataFrame, at: tuple[float, float], counts: di
     inter = inter.with_columns(split=split).filter(pl.col("split").is_not_null()).drop("_w")
     counts["global_time_cutoffs"] = [c_valid, c_test]
     counts["interactions_dropped_after_target"] = before - inter.height
-    no_train = (
-        inter.filter(pl.col("role") == "train")
-        .group_by("raw_user")
-        .agg((pl.col("split") == "train").sum().alias("n_train"))
-        .filter(pl.col("n_train") == 0)["raw_user"]
-    )
-    counts["users_dropped_no_train_before_cutoff"] = len(no_train)
-    inter = inter.filter(~pl.col("raw_user").is_in(no_train.implode()))
+    inter, counts["users_dropped_no_train_before_cutoff"] = _drop_users_without_train(inter)
     for name in ("valid", "test"):
         if not ((inter["split"] == name) & (inter["role"] == "train")).any():
             raise RecipeError(
@@ -214,14 +218,7 @@ def build(
         k = min(round(cfg.cold_items * n_items), len(eligible))
         planted = set(rng.choice(eligible.to_numpy(), k, replace=False).tolist())
         inter = inter.filter(~((pl.col("split") == "train") & pl.col("raw_item").is_in(list(planted))))
-        no_train = (
-            inter.filter(pl.col("role") == "train")
-            .group_by("raw_user")
-            .agg((pl.col("split") == "train").sum().alias("n_train"))
-            .filter(pl.col("n_train") == 0)["raw_user"]
-        )
-        counts["users_dropped_by_cold_items"] = len(no_train)
-        inter = inter.filter(~pl.col("raw_user").is_in(no_train.implode()))
+        inter, counts["users_dropped_by_cold_items"] = _drop_users_without_train(inter)
         inter = inter.with_columns(pos=pl.int_range(pl.len()).over("raw_user"))
 
     # ids

@@ -15,6 +15,7 @@ evaluates the variant with the same protocol as the full model (RUN itself).
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from mufasa_cli import artifacts
-from mufasa_cli.config import LOSS_NAMES, Recipe
+from mufasa_cli.config import LOSS_NAMES, AlignConfig, Recipe
 from mufasa_cli.errors import MufasaError
 from mufasa_cli.mfl.train import FUSED_FILE
 from mufasa_cli.mfl.train import run as fuse_run
@@ -104,21 +105,37 @@ def build_variant(
     return variant
 
 
+def trained_as(run_dir: Path, align: AlignConfig, seed: int) -> bool:
+    """Whether RUN/align/ (and the embed/ made from it) was trained with exactly these settings."""
+    try:
+        manifest = artifacts.read_manifest(run_dir / "align")
+        artifacts.check_not_stale(run_dir / "align", run_dir)
+        artifacts.check_not_stale(run_dir / "embed", run_dir)
+    except MufasaError:
+        return False
+    same = json.loads(json.dumps(dataclasses.asdict(align))) == manifest.get("config")
+    return same and manifest.get("seed") == seed
+
+
 def build_history_variant(
     run_dir: Path, history_len: int | None, attention: str, recipe: Recipe, *, seed: int, device, on_step
 ) -> Path:
     """Table 6: the SAL with histories cut to `history_len` (None = the recipe's max_len) and
-    the given attention, in RUN/ablate/len-L-ATTENTION/ (data/ and fuse/ linked)."""
+    the given attention, in RUN/ablate/len-L-ATTENTION/ (data/ and fuse/ linked). The cell
+    that RUN's own align-train already trained (same settings and seed) is RUN itself."""
+    sal = dataclasses.replace(recipe.align.sal, attention=attention, max_len=history_len or recipe.align.sal.max_len)
+    align = dataclasses.replace(recipe.align, sal=sal)
+    if trained_as(run_dir, align, seed):
+        return run_dir
     name = f"len-{history_len or 'full'}-{attention}"
     variant = run_dir / "ablate" / name
     shutil.rmtree(variant, ignore_errors=True)
     variant.mkdir(parents=True)
     _link(run_dir / "data", variant / "data")
     _link(run_dir / "fuse", variant / "fuse")
-    sal = dataclasses.replace(recipe.align.sal, attention=attention, max_len=history_len or recipe.align.sal.max_len)
     run_align(
         variant,
-        dataclasses.replace(recipe.align, sal=sal),
+        align,
         seed=seed,
         device=device,
         resume=False,

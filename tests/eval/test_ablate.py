@@ -59,6 +59,22 @@ def test_ablate_prints_tables_5_and_6_and_leaves_the_full_model_alone(full):
     assert tables["table5"]["MUFASA"]["HR@10"] >= 0 and list(tables["table6"]) == ["8 / sparse"]
 
 
+def test_table_6_reuses_the_cell_the_full_model_already_is(full):
+    run, recipe = full
+    args = ("ablate", run, "--recipe", recipe, "--history-len", "full", "--attention", "sparse,mean")
+    result = invoke(*args, "--protocol", "loo", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert not (run / "ablate" / "len-full-sparse").exists()  # RUN itself: same settings, same seed
+    assert (run / "ablate" / "len-full-mean" / "embed").is_dir()
+    tables = json.loads((run / "ablate" / "tables-loo.json").read_text())
+    full_model = invoke("eval", run, "--format", "json", "--force")
+    assert full_model.exit_code == 0
+    assert tables["table6"]["full / sparse"] == json.loads(full_model.stdout)["models"]["mufasa"]["mean"]
+    # another seed is another model: trained, not reused
+    assert invoke(*args, "--seed", "1", "--protocol", "loo").exit_code == 0
+    assert (run / "ablate" / "len-full-sparse" / "embed").is_dir()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

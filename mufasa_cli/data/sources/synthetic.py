@@ -94,6 +94,15 @@ PRESETS: dict[str, SyntheticConfig] = {
         min_len=24,
         max_len=40,
     ),
+    "small": SyntheticConfig(  # recipes/paper.sh's quick run
+        num_topics=12,
+        num_subtopics=4,
+        num_items=1500,
+        num_users=400,
+        num_zero_shot_users=100,
+        min_len=100,
+        max_len=160,
+    ),
     "default": SyntheticConfig(
         num_topics=24,
         num_subtopics=4,
