@@ -224,7 +224,14 @@ class SASRecConfig:
     # trained once, with at least max_len + 1 - stride items of context
     stride: int = 0
     train: TrainConfig = TrainConfig(
-        epochs=200, batch_size=256, lr=1e-3, weight_decay=0.0, warmup_frac=0.0, min_lr_frac=1.0, patience=10
+        epochs=200,
+        batch_size=256,
+        lr=1e-3,
+        weight_decay=0.0,
+        warmup_frac=0.0,
+        min_lr_frac=1.0,
+        patience=10,
+        grad_clip=0.0,  # RecBole clips nothing
     )
 
     def __post_init__(self) -> None:

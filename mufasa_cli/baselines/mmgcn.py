@@ -110,6 +110,7 @@ def train(
     num_items: int,
     seed: int,
     device: torch.device,
+    resume: bool = False,
     on_step: OnStep | None = None,
 ) -> dict:
     started = time.perf_counter()
@@ -161,7 +162,7 @@ def train(
         validate=lambda: valid_metrics()["NDCG@10"],
         checkpoint=ckpt / "model.pt",
         fingerprint={"config": asdict(cfg), "data": artifacts.input_record(data_dir)},
-        resume=False,
+        resume=resume,
         on_step=on_step,
     )
     metrics = valid_metrics()

@@ -34,6 +34,28 @@ NAME = "sasrec"
 WEIGHTS = "model.safetensors"
 
 
+EPS = 1e-12  # RecBole's LayerNorm epsilon
+
+
+class Block(nn.Module):
+    """One post-LN transformer layer as RecBole's SASRec has it: attention (dropout on its
+    weights and its output), then dense -> GELU -> dense -> dropout, each with a residual and a
+    LayerNorm (no dropout after the activation, unlike torch's TransformerEncoderLayer)."""
+
+    def __init__(self, cfg: SASRecConfig):
+        super().__init__()
+        D, p = cfg.d_model, cfg.dropout
+        self.attn = nn.MultiheadAttention(D, cfg.num_heads, dropout=p, batch_first=True)
+        self.up, self.down = nn.Linear(D, cfg.inner), nn.Linear(cfg.inner, D)
+        self.norm1, self.norm2 = nn.LayerNorm(D, eps=EPS), nn.LayerNorm(D, eps=EPS)
+        self.drop1, self.drop2 = nn.Dropout(p), nn.Dropout(p)
+
+    def forward(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
+        a = self.attn(x, x, x, attn_mask=blocked, need_weights=False)[0]
+        x = self.norm1(x + self.drop1(a))
+        return self.norm2(x + self.drop2(self.down(F.gelu(self.up(x)))))
+
+
 class SASRec(nn.Module):
     def __init__(self, num_items: int, cfg: SASRecConfig):
         super().__init__()
@@ -41,21 +63,21 @@ class SASRec(nn.Module):
         self.cfg, self.pad = cfg, num_items  # id N pads
         self.items = nn.Embedding(num_items + 1, D, padding_idx=num_items)
         self.position = nn.Embedding(cfg.max_len, D)
-        layer = nn.TransformerEncoderLayer(
-            D, cfg.num_heads, cfg.inner, cfg.dropout, activation="gelu", batch_first=True, norm_first=False
-        )
-        self.encoder = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(D)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = nn.LayerNorm(D, eps=EPS)
         self.drop = nn.Dropout(cfg.dropout)
-        nn.init.normal_(self.items.weight, std=0.02)
-        nn.init.normal_(self.position.weight, std=0.02)
+        # RecBole's initialisation: every weight matrix N(0, 0.02), biases 0
+        for name, w in self.named_parameters():
+            if "norm" in name:
+                continue
+            nn.init.zeros_(w) if name.endswith("bias") else nn.init.normal_(w, std=0.02)
         with torch.no_grad():
             self.items.weight[num_items].zero_()
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L), left-padded with the pad id -> hidden states (B, L, D); causal."""
         B, L = ids.shape
-        x = self.items(ids) * self.cfg.d_model**0.5 + self.position(torch.arange(L, device=ids.device))
+        x = self.items(ids) + self.position(torch.arange(L, device=ids.device))
         x = self.drop(self.norm(x))
         # True = may not attend: later positions, and padding keys other than the query itself
         # (a padding query then attends to itself only: no all-masked row, so no NaN)
@@ -63,7 +85,9 @@ class SASRec(nn.Module):
         later = at[None, :] > at[:, None]  # (L, L)
         pad_key = (ids == self.pad)[:, None, :] & (at[None, :] != at[:, None])  # (B, L, L)
         blocked = (later | pad_key).repeat_interleave(self.cfg.num_heads, dim=0)  # (B*H, L, L)
-        return self.encoder(x, mask=blocked)
+        for layer in self.layers:
+            x = layer(x, blocked)
+        return x
 
     def item_vectors(self) -> torch.Tensor:
         return self.items.weight[: self.pad]

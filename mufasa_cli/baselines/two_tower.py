@@ -129,6 +129,7 @@ def train(
     num_items: int,
     seed: int,
     device: torch.device,
+    resume: bool = False,
     on_step: OnStep | None = None,
 ) -> dict:
     """Train `dssm` or `youtube` and write RUN/baselines/NAME/."""
@@ -227,7 +228,7 @@ def train(
         validate=lambda: valid_metrics()["NDCG@10"],
         checkpoint=ckpt / "model.pt",
         fingerprint={"config": asdict(cfg), "data": artifacts.input_record(data_dir)},
-        resume=False,
+        resume=resume,
         on_step=on_step,
     )
     metrics = valid_metrics()

@@ -452,6 +452,10 @@ def eval_(
     ] = "lightgcn",
     recipe: Annotated[Path | None, typer.Option(help="Recipe YAML (section baselines) for the baselines.")] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train the baselines again even when cached.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue an interrupted baseline training from its last epoch checkpoint."),
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of baseline training.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (baseline training).")] = "auto",
     k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "5,10,20,50,100",
@@ -500,6 +504,7 @@ def eval_(
             seed=seed,
             device=resolve_device(device),
             retrain=retrain,
+            resume=resume,
             on_step=render.training_progress(on_progress),
         )
     for name, manifest in trained.items():

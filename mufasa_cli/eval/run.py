@@ -108,10 +108,19 @@ def mmgcn_vectors(run_dir: Path, cases: Cases) -> Vectors:
 
 
 def ensure_baselines(
-    run_dir: Path, names: list[str], recipe, *, seed: int, device: torch.device, retrain: bool, on_step=None
+    run_dir: Path,
+    names: list[str],
+    recipe,
+    *,
+    seed: int,
+    device: torch.device,
+    retrain: bool,
+    resume: bool = False,
+    on_step=None,
 ) -> dict[str, dict]:
-    """Train the baselines in `names` that RUN/baselines/ lacks (or holds stale, or `retrain`);
-    returns {name: manifest} of those trained now."""
+    """Train the baselines in `names` that RUN/baselines/ lacks (or holds stale, or `retrain`),
+    from the last epoch checkpoint of an interrupted run when `resume`; returns {name: manifest}
+    of those trained now."""
     from mufasa_cli.baselines import mmgcn, sasrec, two_tower
     from mufasa_cli.sal.train import load_sequences
 
@@ -135,18 +144,13 @@ def ensure_baselines(
             seqs = load_sequences(data_dir)
             num_items = artifacts.load_table(data_dir / schema.ITEMS_FILE, schema.ITEM_COLUMNS).height
         cfg = getattr(recipe.baselines, name)
+        common = dict(seqs=seqs, num_items=num_items, seed=seed, device=device, resume=resume, on_step=on_step)
         if name == "sasrec":
-            trained[name] = sasrec.train(
-                run_dir, cfg, seqs=seqs, num_items=num_items, seed=seed, device=device, resume=False, on_step=on_step
-            )
+            trained[name] = sasrec.train(run_dir, cfg, **common)
         elif name == "mmgcn":
-            trained[name] = mmgcn.train(
-                run_dir, cfg, seqs=seqs, num_items=num_items, seed=seed, device=device, on_step=on_step
-            )
+            trained[name] = mmgcn.train(run_dir, cfg, **common)
         else:
-            trained[name] = two_tower.train(
-                name, run_dir, cfg, seqs=seqs, num_items=num_items, seed=seed, device=device, on_step=on_step
-            )
+            trained[name] = two_tower.train(name, run_dir, cfg, **common)
     return trained
 
 

@@ -63,6 +63,7 @@ class FitResult:
             "best_epoch": self.best_epoch + 1,
             "epochs_run": self.epochs_run,
             "stopped_early": self.stopped_early,
+            "resumed_after_epoch": None if self.resumed_from is None else self.resumed_from + 1,
             "history": self.history,
         }
 

@@ -201,3 +201,42 @@ def test_global_time_split_runs_the_pipeline_and_says_so(tmp_path):
     assert result.exit_code == 0, result.output
     assert "loo, global-time split:" in result.stdout
     assert json.loads((run / "eval/loo/metrics.json").read_text())["split"] == "global-time"
+
+
+def test_eval_resume_continues_an_interrupted_baseline_exactly(embedded, tmp_path, monkeypatch):
+    import shutil
+
+    from mufasa_cli.baselines import mmgcn
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("baselines:\n  mmgcn: {train: {epochs: 4, eval_every: 1, patience: 9}}\n")
+    runs = {}
+    for name in ("whole", "cut"):
+        runs[name] = tmp_path / name
+        shutil.copytree(embedded, runs[name], symlinks=True)
+        shutil.rmtree(runs[name] / "baselines", ignore_errors=True)
+    args = ("--compare", "mmgcn", "--recipe", recipe, "--force")
+    assert invoke("eval", runs["whole"], *args).exit_code == 0
+    real_fit, calls = mmgcn.fit, []
+
+    def fit_that_dies_on_the_third_step(**kw):
+        real_step = kw["step_loss"]
+
+        def step(batch):
+            calls.append(1)
+            if len(calls) == 3:  # tiny: one step per epoch, so epochs 1 and 2 are checkpointed
+                raise RuntimeError("killed")
+            return real_step(batch)
+
+        return real_fit(**{**kw, "step_loss": step})
+
+    monkeypatch.setattr(mmgcn, "fit", fit_that_dies_on_the_third_step)
+    assert invoke("eval", runs["cut"], *args).exit_code == 1
+    assert (runs["cut"] / "baselines/.mmgcn.ckpt/model.pt").is_file()
+    monkeypatch.setattr(mmgcn, "fit", real_fit)
+    resumed = invoke("eval", runs["cut"], *args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert artifacts.read_manifest(runs["cut"] / "baselines/mmgcn")["resumed_after_epoch"] == 2
+    whole = artifacts.load_tensors(runs["whole"] / "baselines/mmgcn/model.safetensors", {})
+    cut = artifacts.load_tensors(runs["cut"] / "baselines/mmgcn/model.safetensors", {})
+    assert whole.keys() == cut.keys() and all(np.array_equal(whole[k], cut[k]) for k in whole)
