@@ -1,0 +1,208 @@
+"""Forward + backward time and peak memory of the SAL's sparse attention against full causal
+attention (torch's scaled_dot_product_attention) and against mean pooling, per history length.
+
+Every point is one (setting, objective, L) with the same token budget B * L, d = 64, 2 heads:
+- `sal`: the SAL encoder (window + block + selective branches, the gate), as align-train runs it;
+- `sdpa`: the same towers and output with one full causal attention through
+  F.scaled_dot_product_attention instead of the three branches;
+- `mean`: the same towers and output with mean pooling of the history.
+Objective `last` has one query per user (the paper's); `all` makes every position a causal
+query. Settings: `default` (block 8, top-4, the paper's window of 4 / 8) and `long` (block 32,
+top-8, window 64). Each point runs in a fresh child process (its peak memory is its own; on
+CUDA, torch's peak allocation), timed as the median of --repeat steps after one warm-up step.
+A point that runs out of memory or past --timeout is reported as not fitting. The ratios
+compare each variant with `sdpa` at the same point, measured in the same run.
+
+    python benchmarks/attention.py                                   # CPU, L = 128 ... 8192
+    python benchmarks/attention.py --device cuda --lengths 128 512 2048 8192 32768
+    python benchmarks/attention.py --tiny --json                     # the test suite's smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+VARIANTS = ("sal", "sdpa", "mean")
+SETTINGS = {
+    "default": {"block_size": 8, "num_selected": 4, "window": 0},
+    "long": {"block_size": 32, "num_selected": 8, "window": 64},
+}
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _build(variant: str, setting: str, objective: str, length: int, dim: int, device):
+    import torch
+    from torch.nn import functional as F
+
+    from mufasa_cli.config import SALConfig
+    from mufasa_cli.sal.model import QKV, SALEncoder
+
+    attention = {"sal": "sparse", "sdpa": "full", "mean": "mean"}[variant]
+    cfg = SALConfig(
+        d_model=dim, num_heads=2, max_len=length, objective=objective, attention=attention, **SETTINGS[setting]
+    )
+    model = SALEncoder(dim, cfg).to(device)
+    if variant != "sdpa":
+        return model, model.encode
+
+    proj: QKV = model.full
+    H = cfg.num_heads
+
+    def encode(z, lengths, qpos):
+        """Every history has length L here, so no padding mask: `all` is plain causal SDPA, `last`
+        one query over all keys."""
+        h = model.history(z, lengths)
+        B, L, D = h.shape
+        q = h[torch.arange(B, device=h.device)[:, None], qpos]  # (B, Q, D)
+        split = lambda x: x.view(B, -1, H, D // H).transpose(1, 2)  # noqa: E731
+        out = F.scaled_dot_product_attention(
+            split(proj.q(q)), split(proj.k(h)), split(proj.v(h)), is_causal=qpos.shape[1] == L
+        )
+        return model.finish(out.transpose(1, 2).reshape(B, -1, D), q), None
+
+    return model, encode
+
+
+def one_point(
+    variant: str, setting: str, objective: str, length: int, batch: int, dim: int, repeat: int, device_name: str
+) -> dict:
+    """In a child process: warm-up, then `repeat` timed forward + backward steps."""
+    import torch
+
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    model, encode = _build(variant, setting, objective, length, dim, device)
+    z = torch.randn(batch, length, dim, device=device)
+    lengths = torch.full((batch,), length, device=device)
+    qpos = (
+        torch.arange(length, device=device).expand(batch, length).contiguous()
+        if objective == "all"
+        else (lengths - 1)[:, None]
+    )
+
+    def step() -> None:
+        u, _ = encode(z, lengths, qpos)
+        u.float().pow(2).sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    step()  # warm-up: kernels, allocator
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    base = _rss_mb()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb() - base
+    return {"seconds": sorted(times)[len(times) // 2], "peak_mb": peak}
+
+
+def run_point(args, variant: str, setting: str, objective: str, length: int) -> dict:
+    batch = max(1, args.budget // length)
+    row = {"variant": variant, "setting": setting, "objective": objective, "L": length, "B": batch}
+    cmd = [sys.executable, __file__, "--child", variant, setting, objective, str(length), str(batch)]
+    cmd += ["--dim", str(args.dim), "--repeat", str(args.repeat), "--device", args.device]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {**row, "fits": False, "why": f"over {args.timeout} s"}
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["killed"])[-1]
+        return {
+            **row,
+            "fits": False,
+            "why": "out of memory" if "memory" in last.lower() or out.returncode < 0 else last[:80],
+        }
+    return {**row, "fits": True, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """speedup = sdpa seconds / variant seconds, memory = variant peak / sdpa peak, same point."""
+    ref = {(r["setting"], r["objective"], r["L"]): r for r in rows if r["variant"] == "sdpa" and r["fits"]}
+    for r in rows:
+        base = ref.get((r["setting"], r["objective"], r["L"]))
+        if r["fits"] and base:
+            r["speedup_vs_sdpa"] = base["seconds"] / r["seconds"]
+            r["memory_vs_sdpa"] = r["peak_mb"] / max(base["peak_mb"], 1e-9)
+
+
+def copy_bandwidth_gbs(device_name: str, mb: int = 256) -> float:
+    """A plain torch copy's bandwidth (read + write bytes per second): the bound's denominator."""
+    import torch
+
+    x = torch.empty(mb * 2**18, device=device_name)  # mb MiB of float32
+    y = torch.empty_like(x)
+    y.copy_(x)
+    t0 = time.perf_counter()
+    for _ in range(5):
+        y.copy_(x)
+    if device_name == "cuda":
+        torch.cuda.synchronize()
+    return 5 * 2 * x.numel() * 4 / (time.perf_counter() - t0) / 1e9
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 2048, 8192])
+    p.add_argument("--budget", type=int, default=16384, help="tokens per step: B = max(1, budget // L)")
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--objectives", nargs="+", default=["last", "all"], choices=["last", "all"])
+    p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per point before it counts as not fitting")
+    p.add_argument("--tiny", action="store_true", help="L = 24 (not a multiple of the block), budget 64, 1 repeat")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        v, s, o, length, batch = args.child
+        print(json.dumps(one_point(v, s, o, int(length), int(batch), args.dim, args.repeat, args.device)))
+        return 0
+    if args.tiny:
+        args.lengths, args.budget, args.repeat = [24], 64, 1
+    rows = [
+        run_point(args, v, s, o, length)
+        for s in args.settings
+        for o in args.objectives
+        for length in args.lengths
+        for v in args.variants
+    ]
+    add_ratios(rows)
+    bandwidth = copy_bandwidth_gbs(args.device, 16 if args.tiny else 256)
+    if args.json:
+        print(json.dumps({"device": args.device, "copy_gb_per_s": bandwidth, "rows": rows}, indent=2))
+        return 0
+    print(
+        f"forward + backward, {args.device}, d={args.dim}, B*L = {args.budget}; ratios against sdpa at the same point"
+    )
+    head = f"{'setting':<8}{'objective':<10}{'L':>7}{'B':>5}  {'variant':<6}{'seconds':>10}{'peak MB':>10}{'speedup':>9}{'memory':>8}"
+    print(head)
+    for r in rows:
+        lead = f"{r['setting']:<8}{r['objective']:<10}{r['L']:>7}{r['B']:>5}  {r['variant']:<6}"
+        if not r["fits"]:
+            print(f"{lead}{'did not fit: ' + r['why']:>37}")
+            continue
+        speed = f"{r['speedup_vs_sdpa']:>8.2f}x" if "speedup_vs_sdpa" in r else f"{'-':>9}"
+        memory = f"{r['memory_vs_sdpa']:>7.2f}x" if r.get("memory_vs_sdpa") is not None else f"{'-':>8}"
+        ratios = speed + memory
+        print(f"{lead}{r['seconds']:>10.4f}{r['peak_mb']:>10.1f}{ratios}")
+    print(f"plain torch copy: {bandwidth:.1f} GB/s (read + write)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,46 @@
+"""benchmarks/attention.py in its tiny mode: the output's form, never its timings."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "attention.py"
+
+
+def test_attention_benchmark_reports_every_point_with_ratios_against_sdpa():
+    args = ["--tiny", "--json", "--settings", "default"]
+    out = subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, check=True).stdout
+    report = json.loads(out)
+    assert report["device"] == "cpu" and report["copy_gb_per_s"] > 0
+    rows = report["rows"]
+    points = {(r["objective"], r["L"], r["variant"]) for r in rows}
+    assert points == {(o, n, v) for o in ("last", "all") for n in (24,) for v in ("sal", "sdpa", "mean")}
+    for r in rows:
+        assert r["fits"] and r["seconds"] > 0 and r["B"] == max(1, 64 // r["L"])
+        assert r["speedup_vs_sdpa"] > 0
+        if r["variant"] == "sdpa":
+            assert r["speedup_vs_sdpa"] == 1.0
+
+
+def test_attention_benchmark_prints_a_table():
+    out = subprocess.run(
+        [sys.executable, SCRIPT, "--tiny", "--settings", "long", "--objectives", "all", "--variants", "sal", "sdpa"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    lines = out.splitlines()
+    assert lines[1].split() == [
+        "setting",
+        "objective",
+        "L",
+        "B",
+        "variant",
+        "seconds",
+        "peak",
+        "MB",
+        "speedup",
+        "memory",
+    ]
+    assert sum(line.startswith("long") for line in lines) == 2 and "plain torch copy" in lines[-1]
