@@ -223,6 +223,9 @@ class SASRecConfig:
     # training windows end every `stride` items (0 = max_len: no overlap); each target is
     # trained once, with at least max_len + 1 - stride items of context
     stride: int = 0
+    # early stopping on validation with the user's train items left among the candidates, as
+    # RecBole selects its sequential models (for comparisons under `eval --keep-seen`)
+    valid_keep_seen: bool = False
     train: TrainConfig = TrainConfig(
         epochs=200,
         batch_size=256,

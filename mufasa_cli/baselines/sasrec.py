@@ -158,7 +158,7 @@ def train(
         loss = F.cross_entropy(logits, targets[real])
         return loss, {"ce": loss.item()}
 
-    seen = history_csr(valid_hist)
+    seen = () if cfg.valid_keep_seen else history_csr(valid_hist)
 
     def valid_metrics() -> dict[str, float]:
         users = user_vectors(model, valid_hist)

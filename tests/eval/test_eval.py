@@ -240,3 +240,28 @@ def test_eval_resume_continues_an_interrupted_baseline_exactly(embedded, tmp_pat
     whole = artifacts.load_tensors(runs["whole"] / "baselines/mmgcn/model.safetensors", {})
     cut = artifacts.load_tensors(runs["cut"] / "baselines/mmgcn/model.safetensors", {})
     assert whole.keys() == cut.keys() and all(np.array_equal(whole[k], cut[k]) for k in whole)
+
+
+@pytest.mark.parametrize("keep_seen", [False, True])
+def test_sasrec_validation_masks_train_items_unless_valid_keep_seen(embedded, tmp_path, monkeypatch, keep_seen):
+    import shutil
+
+    from mufasa_cli.baselines import sasrec
+
+    run = tmp_path / "run"
+    shutil.copytree(embedded, run, symlinks=True)
+    shutil.rmtree(run / "baselines", ignore_errors=True)
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        f"baselines:\n  sasrec: {{max_len: 10, valid_keep_seen: {str(keep_seen).lower()}, train: {{epochs: 1}}}}\n"
+    )
+    real, excluded = sasrec.target_ranks, []
+
+    def spy(scores, items, owner, target, *exclude, **kw):
+        excluded.append(len(exclude))
+        return real(scores, items, owner, target, *exclude, **kw)
+
+    monkeypatch.setattr(sasrec, "target_ranks", spy)
+    assert invoke("eval", run, "--compare", "sasrec", "--recipe", recipe, "--force").exit_code == 0
+    assert excluded and set(excluded) == ({0} if keep_seen else {2})  # (indptr, indices) of the train items
+    assert artifacts.read_manifest(run / "baselines/sasrec")["config"]["valid_keep_seen"] is keep_seen
