@@ -304,6 +304,16 @@ def restore(base, values: object, where: str):
     return _merge(base, values, where)
 
 
+def saved_as(want, saved: object, where: str) -> bool:
+    """Whether settings saved with dataclasses.asdict (a manifest's config) are `want`, read
+    over the defaults: a setting added since they were saved counts at its default, and
+    settings that no longer read (unknown keys, wrong types) never match."""
+    try:
+        return restore(type(want)(), saved, where) == want
+    except RecipeError:
+        return False
+
+
 def _merge(base, values: object, where: str):
     """`base` (a frozen dataclass) with the mapping's values replacing its fields, recursively;
     unknown keys and wrong types are refused, naming where they are."""

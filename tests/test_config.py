@@ -41,3 +41,17 @@ def test_the_shipped_recipes_load():
     assert recipes
     for r in recipes:
         load_recipe(str(r))
+
+
+def test_saved_settings_match_over_the_defaults():
+    from dataclasses import asdict
+
+    from mufasa_cli.config import SASRecConfig, saved_as
+
+    want = SASRecConfig(max_len=20)
+    saved = asdict(want)
+    assert saved_as(want, saved, "m")
+    del saved["valid_keep_seen"]  # written before the setting existed: it counts at its default
+    assert saved_as(want, saved, "m")
+    assert not saved_as(SASRecConfig(max_len=20, valid_keep_seen=True), saved, "m")
+    assert not saved_as(want, {**saved, "retired_setting": 1}, "m")  # no longer reads: never a match

@@ -4,8 +4,9 @@ Order of operations (each step counted for the summary and the manifest):
 exact duplicates dropped -> chronological order per user (ties keep file order) ->
 --max-seq-len keeps each user's most recent items -> users under --min-seq-len dropped ->
 zero-shot users chosen -> leave-one-out splits (or, with --split global-time, splits at two
-global time cutoffs) -> optional cold items (their train interactions removed) -> catalogue = items still interacted with -> natural-order ids ->
-title quality -> title anchor and modality matrices aligned to item ids.
+global time cutoffs) -> optional cold items (their train interactions removed) -> catalogue
+= items still interacted with -> natural-order ids -> title quality -> title anchor and
+modality matrices aligned to item ids.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ evaluates the variant with the same protocol as the full model (RUN itself).
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from mufasa_cli import artifacts
-from mufasa_cli.config import LOSS_NAMES, AlignConfig, Recipe
+from mufasa_cli.config import LOSS_NAMES, AlignConfig, Recipe, saved_as
 from mufasa_cli.errors import MufasaError
 from mufasa_cli.mfl.train import FUSED_FILE
 from mufasa_cli.mfl.train import run as fuse_run
@@ -113,8 +112,7 @@ def trained_as(run_dir: Path, align: AlignConfig, seed: int) -> bool:
         artifacts.check_not_stale(run_dir / "embed", run_dir)
     except MufasaError:
         return False
-    same = json.loads(json.dumps(dataclasses.asdict(align))) == manifest.get("config")
-    return same and manifest.get("seed") == seed
+    return manifest.get("seed") == seed and saved_as(align, manifest.get("config"), str(run_dir / "align"))
 
 
 def build_history_variant(

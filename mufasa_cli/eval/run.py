@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from mufasa_cli import artifacts
-from mufasa_cli.config import restore
+from mufasa_cli.config import saved_as
 from mufasa_cli.data import schema
-from mufasa_cli.errors import ArtifactError, MufasaError, RecipeError
+from mufasa_cli.errors import ArtifactError, MufasaError
 from mufasa_cli.eval import DISPLAY_NAMES  # noqa: F401  (re-exported for callers)
 from mufasa_cli.eval.protocols import Cases, build_cases
 from mufasa_cli.metrics.ranking import history_csr, per_user_metrics, target_ranks
@@ -133,13 +133,11 @@ def ensure_baselines(
         folder = run_dir / "baselines" / name
         if not retrain:
             try:
-                artifacts.verify_stage(folder)
+                manifest = artifacts.verify_stage(folder)
                 artifacts.check_not_stale(folder, run_dir)
-                want = getattr(recipe.baselines, name)
-                # read over the defaults: a setting added since the cache was written counts at its default
-                if restore(type(want)(), artifacts.read_manifest(folder).get("config"), str(folder)) == want:
+                if saved_as(getattr(recipe.baselines, name), manifest.get("config"), str(folder)):
                     continue
-            except (ArtifactError, RecipeError):
+            except ArtifactError:
                 pass
         if seqs is None:  # read data/ once, for the first baseline that needs training
             data_dir = run_dir / "data"
@@ -260,7 +258,7 @@ def write_eval(run_dir: Path, result: dict, force: bool) -> Path:
         artifacts.write_manifest(
             tmp,
             stage="eval",
-            config={k: result[k] for k in ("protocol", "split", "keep_seen", "ks", "test") if k in result},
+            config={k: result[k] for k in ("protocol", "split", "keep_seen", "ks", "test")},
             seed=None,
             inputs={
                 s: artifacts.input_record(run_dir / s) for s in ("data", "fuse", "embed") if (run_dir / s).is_dir()
