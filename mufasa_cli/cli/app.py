@@ -184,7 +184,7 @@ def prepare(
         on_bad_rows=on_bad_rows.value,
         min_title_tokens=min_title_tokens,
         split=split.value,
-        split_at=_parse_floats(split_at, "--split-at", 2),
+        split_at=_parse_floats(split_at, "--split-at", "0.8,0.9", n=2),
     )
     run_dir = out if out is not None else Path("runs") / name
     with render.progress() as on_progress:
@@ -233,7 +233,6 @@ def fuse_train(
     import dataclasses
 
     from mufasa_cli.config import load_recipe
-    from mufasa_cli.errors import RecipeError
     from mufasa_cli.mfl.train import run as fuse_run
     from mufasa_cli.runtime.device import resolve_device
 
@@ -242,12 +241,8 @@ def fuse_train(
     train_changes = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
     changes: dict = {"train": dataclasses.replace(mfl.train, **train_changes)}
     if loss_weights is not None:
-        try:
-            changes["loss_weights"] = tuple(float(w) for w in loss_weights.split(","))
-        except ValueError:
-            raise RecipeError(
-                f"--loss-weights {loss_weights!r}: expected four numbers like 0.5,0.25,0.15,0.1"
-            ) from None
+        # how many is the config's check (with its own message)
+        changes["loss_weights"] = _parse_floats(loss_weights, "--loss-weights", "0.5,0.25,0.15,0.1")
     for key, value in (
         ("without", tuple(without) if without else None),
         ("tau", tau),
@@ -620,13 +615,14 @@ def _parse_ks(k: str) -> list[int]:
     return ks
 
 
-def _parse_floats(text: str, flag: str, n: int) -> tuple[float, ...]:
+def _parse_floats(text: str, flag: str, example: str, n: int | None = None) -> tuple[float, ...]:
+    """Comma-separated numbers of a flag (exactly n of them when n is given)."""
     try:
         values = tuple(float(x) for x in text.split(","))
     except ValueError:
-        raise MufasaError(f"{flag} {text!r}: expected {n} comma-separated numbers") from None
-    if len(values) != n:
-        raise MufasaError(f"{flag} {text!r}: expected {n} comma-separated numbers")
+        raise MufasaError(f"{flag} {text!r}: expected comma-separated numbers like {example}") from None
+    if n is not None and len(values) != n:
+        raise MufasaError(f"{flag} {text!r}: expected {n} comma-separated numbers like {example}")
     return values
 
 
