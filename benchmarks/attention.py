@@ -2,16 +2,25 @@
 attention (torch's scaled_dot_product_attention) and against mean pooling, per history length.
 
 Every point is one (setting, objective, L) with the same token budget B * L, d = 64, 2 heads:
-- `sal`: the SAL encoder (window + block + selective branches, the gate), as align-train runs it;
+- `sal`: the SAL encoder (window + block + selective branches, the gate), reference kernel;
+- `sal_fast`: the same model with the fast kernel (align-train's default): same results;
+- `sal_shared`: the fast kernel with `selection: query_block` (objective `all` only): the b
+  queries of a query block share the top-k of the block's first query (NSA-style);
 - `sdpa`: the same towers and output with one full causal attention through
   F.scaled_dot_product_attention instead of the three branches;
 - `mean`: the same towers and output with mean pooling of the history.
 Objective `last` has one query per user (the paper's); `all` makes every position a causal
 query. Settings: `default` (block 8, top-4, the paper's window of 4 / 8) and `long` (block 32,
-top-8, window 64). Each point runs in a fresh child process (its peak memory is its own; on
-CUDA, torch's peak allocation), timed as the median of --repeat steps after one warm-up step.
+top-8, window 64). Each point runs in a fresh child process, timed as the median of --repeat
+steps after one warm-up step. Peak memory: on CPU the growth of the process's peak resident
+size from just before the first step (inputs and weights already made) to the end; on CUDA,
+torch's peak allocation.
 A point that runs out of memory or past --timeout is reported as not fitting. The ratios
 compare each variant with `sdpa` at the same point, measured in the same run.
+
+Then `embed` (objective `last`, forward only, fast kernel, no gradients): users per second and
+the bytes of history read (B * L * d * 4) per second, against the bound of reading them at the
+bandwidth of a plain torch copy measured in the same run.
 
     python benchmarks/attention.py                                   # CPU, L = 128 ... 8192
     python benchmarks/attention.py --device cuda --lengths 128 512 2048 8192 32768
@@ -27,7 +36,7 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("sal", "sdpa", "mean")
+VARIANTS = ("sal", "sal_fast", "sal_shared", "sdpa", "mean")
 SETTINGS = {
     "default": {"block_size": 8, "num_selected": 4, "window": 0},
     "long": {"block_size": 32, "num_selected": 8, "window": 64},
@@ -45,11 +54,19 @@ def _build(variant: str, setting: str, objective: str, length: int, dim: int, de
     from mufasa_cli.config import SALConfig
     from mufasa_cli.sal.model import QKV, SALEncoder
 
-    attention = {"sal": "sparse", "sdpa": "full", "mean": "mean"}[variant]
+    attention = {"sdpa": "full", "mean": "mean"}.get(variant, "sparse")
+    selection = "query_block" if variant == "sal_shared" else "query"
     cfg = SALConfig(
-        d_model=dim, num_heads=2, max_len=length, objective=objective, attention=attention, **SETTINGS[setting]
+        d_model=dim,
+        num_heads=2,
+        max_len=length,
+        objective=objective,
+        attention=attention,
+        selection=selection,
+        **SETTINGS[setting],
     )
     model = SALEncoder(dim, cfg).to(device)
+    model.kernel = "reference" if variant == "sal" else "fast"
     if variant != "sdpa":
         return model, model.encode
 
@@ -94,11 +111,11 @@ def one_point(
         model.zero_grad(set_to_none=True)
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    base = _rss_mb()
     step()  # warm-up: kernels, allocator
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    base = _rss_mb()
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -107,6 +124,30 @@ def one_point(
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb() - base
     return {"seconds": sorted(times)[len(times) // 2], "peak_mb": peak}
+
+
+def embed_point(setting: str, length: int, batch: int, dim: int, repeat: int, device_name: str) -> dict:
+    """In a child process: user embeddings (one query per user at its last item), no gradients."""
+    import torch
+
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    model, _ = _build("sal_fast", setting, "last", length, dim, device)
+    model.eval()
+    z = torch.randn(batch, length, dim, device=device)
+    lengths = torch.full((batch,), length, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        model.users(z, lengths)
+        sync()
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            model.users(z, lengths)
+            sync()
+            times.append(time.perf_counter() - t0)
+    seconds = sorted(times)[len(times) // 2]
+    return {"seconds": seconds, "history_bytes": z.numel() * z.element_size()}
 
 
 def run_point(args, variant: str, setting: str, objective: str, length: int) -> dict:
@@ -126,6 +167,30 @@ def run_point(args, variant: str, setting: str, objective: str, length: int) -> 
             "why": "out of memory" if "memory" in last.lower() or out.returncode < 0 else last[:80],
         }
     return {**row, "fits": True, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def embed_row(args, setting: str, length: int, bandwidth: float) -> dict:
+    """One embed point; of_bound = (history bytes / copy bandwidth) / measured seconds."""
+    batch = max(1, args.embed_budget // length)
+    row = {"setting": setting, "L": length, "B": batch}
+    cmd = [sys.executable, __file__, "--child", "embed", setting, "last", str(length), str(batch)]
+    cmd += ["--dim", str(args.dim), "--repeat", str(args.repeat), "--device", args.device]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {**row, "fits": False, "why": f"over {args.timeout} s"}
+    if out.returncode != 0:
+        return {**row, "fits": False, "why": (out.stderr.strip().splitlines() or ["killed"])[-1][:80]}
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    gb_per_s = r["history_bytes"] / r["seconds"] / 1e9
+    return {
+        **row,
+        "fits": True,
+        **r,
+        "users_per_s": batch / r["seconds"],
+        "gb_per_s": gb_per_s,
+        "of_bound": gb_per_s / bandwidth,
+    }
 
 
 def add_ratios(rows: list[dict]) -> None:
@@ -163,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--embed-budget", type=int, default=2**21, help="embed: history items per call, B = max(1, budget // L)"
+    )
+    p.add_argument("--no-embed", action="store_true", help="skip the embed throughput table")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per point before it counts as not fitting")
     p.add_argument("--tiny", action="store_true", help="L = 24 (not a multiple of the block), budget 64, 1 repeat")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -170,29 +239,41 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         v, s, o, length, batch = args.child
-        print(json.dumps(one_point(v, s, o, int(length), int(batch), args.dim, args.repeat, args.device)))
+        point = (
+            embed_point(s, int(length), int(batch), args.dim, args.repeat, args.device)
+            if v == "embed"
+            else one_point(v, s, o, int(length), int(batch), args.dim, args.repeat, args.device)
+        )
+        print(json.dumps(point))
         return 0
     if args.tiny:
-        args.lengths, args.budget, args.repeat = [24], 64, 1
+        args.lengths, args.budget, args.repeat, args.embed_budget = [24], 64, 1, 96
     rows = [
         run_point(args, v, s, o, length)
         for s in args.settings
         for o in args.objectives
         for length in args.lengths
         for v in args.variants
+        if v != "sal_shared" or o == "all"  # query blocks exist only among causal queries
     ]
     add_ratios(rows)
     bandwidth = copy_bandwidth_gbs(args.device, 16 if args.tiny else 256)
+    embeds = (
+        []
+        if args.no_embed
+        else [embed_row(args, s, length, bandwidth) for s in args.settings for length in args.lengths]
+    )
     if args.json:
-        print(json.dumps({"device": args.device, "copy_gb_per_s": bandwidth, "rows": rows}, indent=2))
+        report = {"device": args.device, "copy_gb_per_s": bandwidth, "rows": rows, "embed": embeds}
+        print(json.dumps(report, indent=2))
         return 0
     print(
         f"forward + backward, {args.device}, d={args.dim}, B*L = {args.budget}; ratios against sdpa at the same point"
     )
-    head = f"{'setting':<8}{'objective':<10}{'L':>7}{'B':>5}  {'variant':<6}{'seconds':>10}{'peak MB':>10}{'speedup':>9}{'memory':>8}"
+    head = f"{'setting':<8}{'objective':<10}{'L':>7}{'B':>5}  {'variant':<11}{'seconds':>10}{'peak MB':>10}{'speedup':>9}{'memory':>8}"
     print(head)
     for r in rows:
-        lead = f"{r['setting']:<8}{r['objective']:<10}{r['L']:>7}{r['B']:>5}  {r['variant']:<6}"
+        lead = f"{r['setting']:<8}{r['objective']:<10}{r['L']:>7}{r['B']:>5}  {r['variant']:<11}"
         if not r["fits"]:
             print(f"{lead}{'did not fit: ' + r['why']:>37}")
             continue
@@ -200,6 +281,16 @@ def main(argv: list[str] | None = None) -> int:
         memory = f"{r['memory_vs_sdpa']:>7.2f}x" if r.get("memory_vs_sdpa") is not None else f"{'-':>8}"
         ratios = speed + memory
         print(f"{lead}{r['seconds']:>10.4f}{r['peak_mb']:>10.1f}{ratios}")
+    if embeds:
+        print("embed (objective last, forward only, fast kernel): history read against the copy-bandwidth bound")
+        print(f"{'setting':<8}{'L':>7}{'B':>6}{'seconds':>10}{'users/s':>10}{'GB/s':>8}{'of bound':>10}")
+        for r in embeds:
+            lead = f"{r['setting']:<8}{r['L']:>7}{r['B']:>6}"
+            if not r["fits"]:
+                print(f"{lead}  did not fit: {r['why']}")
+                continue
+            speed = f"{r['seconds']:>10.4f}{r['users_per_s']:>10.0f}{r['gb_per_s']:>8.2f}"
+            print(f"{lead}{speed}{r['of_bound']:>9.1%}")
     print(f"plain torch copy: {bandwidth:.1f} GB/s (read + write)")
     return 0
 

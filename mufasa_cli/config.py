@@ -152,6 +152,7 @@ class FuseConfig:
 
 OBJECTIVES = ("last", "all")
 BRANCHES = ("window", "block", "selective")
+SELECTIONS = ("query", "query_block")
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,10 @@ class SALConfig:
     without: tuple[str, ...] = ()  # branches switched off (ablations)
     max_len: int = 1024
     objective: str = "last"  # last: one query per user (the paper); all: every position a causal query
+    # which queries pick the selected blocks: query (each its own top-k, the paper) or query_block
+    # (objective all: the queries of each query block of b positions share the top-k of the block's
+    # first query, NSA-style grouping; causal, and what makes the fast path gather once per block)
+    selection: str = "query"
 
     def __post_init__(self) -> None:
         _positive(self, "d_model", "num_heads", "block_size", "num_selected", "max_len")
@@ -186,6 +191,10 @@ class SALConfig:
             raise RecipeError("--without: at least one branch must stay")
         if self.objective not in OBJECTIVES:
             raise RecipeError(f"--objective {self.objective!r}: choose {' or '.join(OBJECTIVES)}")
+        if self.selection not in SELECTIONS:
+            raise RecipeError(f"--selection {self.selection!r}: choose {' or '.join(SELECTIONS)}")
+        if self.selection == "query_block" and self.objective != "all":
+            raise RecipeError("--selection query_block needs --objective all (query blocks of causal queries)")
 
 
 @dataclass(frozen=True)

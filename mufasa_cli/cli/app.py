@@ -271,6 +271,12 @@ def fuse_train(
     render.out.print(f"wrote {run / 'fuse'}")
 
 
+KERNEL_HELP = (
+    "How the sparse attention is computed: fast (batched, gathers whole blocks; the same results), "
+    "reference (plain gather + matmul, for checking) or auto (= fast). Recorded in the manifest."
+)
+
+
 @app.command("align-train")
 @_guarded
 def align_train(
@@ -296,6 +302,13 @@ def align_train(
     window: Annotated[
         int | None, typer.Option(help="W; 0 = the paper's protocol (8 if the history is longer than 30, else 4).")
     ] = None,
+    selection: Annotated[
+        str | None,
+        typer.Option(
+            help="query: each query picks its own top-k blocks (the paper); query_block (with --objective all): "
+            "the b queries of a query block share their first query's pick, so the fast kernel gathers once per block."
+        ),
+    ] = None,
     finetune_mfl: Annotated[
         bool | None,
         typer.Option(
@@ -315,6 +328,7 @@ def align_train(
     tau: Annotated[float | None, typer.Option(help="Softmax temperature (the start value with --learn-tau).")] = None,
     seed: Annotated[int, typer.Option(help="Seed: same seed, same result on CPU.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "auto",
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run from its last epoch checkpoint.")
     ] = False,
@@ -337,6 +351,7 @@ def align_train(
         block_size=block_size,
         num_selected=num_selected,
         window=window,
+        selection=selection,
     )
     cfg = _replace_given(
         cfg,
@@ -359,12 +374,13 @@ def align_train(
             resume=resume,
             force=force,
             on_step=render.training_progress(on_progress),
+            kernel=kernel,
         )
     v = manifest["valid"]
     render.out.print(
         f"SAL ({sal.attention}{', without ' + ', '.join(sal.without) if sal.without else ''}, objective "
         f"{sal.objective}): valid HR@10 {v['HR@10']:.4f}  NDCG@10 {v['NDCG@10']:.4f}  "
-        f"best epoch {manifest['best_epoch']}/{manifest['epochs_run']}",
+        f"best epoch {manifest['best_epoch']}/{manifest['epochs_run']} ({manifest['kernel']} kernel)",
         highlight=False,
     )
     render.out.print(f"wrote {run / 'align'}")
@@ -397,6 +413,7 @@ def embed(
     ] = None,
     top: Annotated[int, typer.Option(help="With --explain: items listed per branch and recommendations.")] = 5,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/embed.")] = False,
 ) -> None:
     """Write user embeddings (train users up to their test target, zero-shot users without their targets, --users
@@ -407,13 +424,13 @@ def embed(
     if explain is not None:
         if users is not None:
             raise MufasaError("--explain and --users: choose one")
-        render.explanation(sal_train.explain(run, explain, device=resolve_device(device), top=top))
+        render.explanation(sal_train.explain(run, explain, device=resolve_device(device), top=top, kernel=kernel))
         return
-    manifest = sal_train.run_embed(run, device=resolve_device(device), force=force, users_file=users)
+    manifest = sal_train.run_embed(run, device=resolve_device(device), force=force, users_file=users, kernel=kernel)
     c = manifest["counts"]
     render.out.print(
         f"embedded {c['train_users']:,} train users, {c['zero_shot_users']:,} zero-shot users and {c['items']:,} items "
-        f"({c['dim']}-d); wrote {run / 'embed'}",
+        f"({c['dim']}-d, {manifest['config']['kernel']} kernel); wrote {run / 'embed'}",
         highlight=False,
     )
     if "external" in manifest:

@@ -25,19 +25,32 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mufasa_cli.config import BRANCHES, SALConfig
+from mufasa_cli.config import BRANCHES, RecipeError, SALConfig
+from mufasa_cli.sal import fast
 from mufasa_cli.sal.attention import (
     attend,
     block_attention,
     block_vectors,
     gate,
+    gather_items,
     paper_window_sizes,
     select_blocks,
+    selected_positions,
     selective_attention,
     visible_blocks,
     window_attention,
     window_positions,
 )
+
+KERNELS = ("auto", "reference", "fast")
+
+
+def resolve_kernel(kernel: str) -> str:
+    """auto -> fast: it computes every configuration, on CPU and CUDA alike, to the reference's
+    results (tests/sal/test_fast.py); reference stays for checking it."""
+    if kernel not in KERNELS:
+        raise RecipeError(f"--kernel {kernel!r}: choose {', '.join(KERNELS)}")
+    return "fast" if kernel == "auto" else kernel
 
 
 @dataclass
@@ -80,6 +93,7 @@ class SALEncoder(nn.Module):
         self.gate = nn.Linear(D, len(self.branches)) if self.branches else None
         self.out = nn.Linear(D, D)
         self.causal = cfg.objective == "all"
+        self.kernel = "reference"  # how the branches are computed (KERNELS): same results, not saved
 
     def items(self, z: torch.Tensor) -> torch.Tensor:
         """e = A_item(z), unit length: (N, d_z) -> (N, D)."""
@@ -107,7 +121,6 @@ class SALEncoder(nn.Module):
         B, L, D = h.shape
         q = h[torch.arange(B, device=h.device)[:, None], qpos]  # (B, Q, D)
         ex = Explanation()
-        upto = torch.arange(L, device=h.device) <= qpos[..., None]  # (B, Q, L): items a query may see
         if cfg.attention == "mean":
             real = (torch.arange(L, device=h.device)[None, :] < lengths[:, None]).to(h.dtype)
             running = (h * real[..., None]).cumsum(1)  # (B, L, D)
@@ -115,12 +128,28 @@ class SALEncoder(nn.Module):
             return self.finish(pooled, q), ex
         if cfg.attention == "full":
             p = self.full
-            z, _ = attend(p.q(q), p.k(h), p.v(h), upto, H)
+            upto = torch.arange(L, device=h.device) <= qpos[..., None]  # (B, Q, L): items a query may see
+            full = fast.attend_shared if self.kernel == "fast" else attend
+            z, _ = full(p.q(q), p.k(h), p.v(h), upto, H)
             return self.finish(z, q), ex
+        outs = (
+            self._fast(h, q, lengths, qpos, ex) if self.kernel == "fast" else self._reference(h, q, lengths, qpos, ex)
+        )
+        mixed, ex.gates = gate(q, [outs[b] for b in self.branches], self.gate)
+        return self.finish(mixed, q), ex
+
+    def _windows(self, qpos: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(qpos, self.cfg.window) if self.cfg.window else paper_window_sizes(qpos + 1)
+
+    def _reference(
+        self, h: torch.Tensor, q: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, ex: Explanation
+    ) -> dict[str, torch.Tensor]:
+        """The branch outputs (B, Q, D) by the plain gather + matmul of attention.py."""
+        cfg, H = self.cfg, self.cfg.num_heads
         outs: dict[str, torch.Tensor] = {}
         if "window" in self.branches:
             p = self.proj["window"]
-            windows = torch.full_like(qpos, cfg.window) if cfg.window else paper_window_sizes(qpos + 1)
+            windows = self._windows(qpos)
             outs["window"], w = window_attention(p.q(q), p.k(h), p.v(h), qpos, windows, H)
             ex.window_positions, ex.window_weights = window_positions(qpos, windows)[0], w.mean(1)
         if self.uses_blocks:
@@ -129,14 +158,79 @@ class SALEncoder(nn.Module):
             visible = visible_blocks(block_mask, qpos, cfg.block_size, self.causal)
             outs["block"], ex.block_weights = block_attention(p.q(q), p.k(blocks), p.v(blocks), visible, H)
         if "selective" in self.branches:
+            a_block = ex.block_weights
+            if cfg.selection == "query_block":  # every query ranks by its query block's first query
+                lead = qpos // cfg.block_size * cfg.block_size
+                visible = visible_blocks(block_mask, lead, cfg.block_size, self.causal)
+                q_lead = h[torch.arange(len(h), device=h.device)[:, None], lead]
+                p = self.proj["block"]
+                a_block = block_attention(p.q(q_lead), p.k(blocks), p.v(blocks), visible, H)[1]
             p = self.proj["selective"]
-            idx, valid = select_blocks(ex.block_weights, visible, cfg.num_selected)  # eq. 10
+            idx, valid = select_blocks(a_block, visible, cfg.num_selected)  # eq. 10
             ex.selected_blocks, ex.selected_valid = idx, valid
             outs["selective"], ex.selective_positions, ex.selective_weights = selective_attention(
                 p.q(q), p.k(h), p.v(h), qpos, idx, valid, cfg.block_size, H
             )
-        mixed, ex.gates = gate(q, [outs[b] for b in self.branches], self.gate)
-        return self.finish(mixed, q), ex
+        return outs
+
+    def _fast(
+        self, h: torch.Tensor, q: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, ex: Explanation
+    ) -> dict[str, torch.Tensor]:
+        """The same outputs as _reference by fast.py: dense causal queries (objective `all`)
+        project every item once; sparse queries (one per user) project only what they gather."""
+        cfg, H, b = self.cfg, self.cfg.num_heads, self.cfg.block_size
+        dense = fast.dense_queries(qpos, h.shape[1])
+        outs: dict[str, torch.Tensor] = {}
+        if "window" in self.branches:
+            p = self.proj["window"]
+            windows = self._windows(qpos)
+            if dense:
+                outs["window"] = fast.band_window_attention(p.q(q), p.k(h), p.v(h), windows, H)
+            else:
+                pos, valid = window_positions(qpos, windows)
+                near = gather_items(h, pos)  # (B, Q, W, D)
+                outs["window"], ex.window_weights = fast.attend_per_query(p.q(q), p.k(near), p.v(near), valid, H)
+                ex.window_positions = pos
+        shared = cfg.selection == "query_block"
+        if self.uses_blocks:
+            p = self.proj["block"]
+            blocks, block_mask = block_vectors(h, lengths, b, self.phi)  # eq. 8
+            if dense and self.causal:
+                # a_block of every query, or with shared selection of each query block's first
+                every = b if shared else 1
+                outs["block"], ex.block_weights = fast.causal_block_attention(
+                    p.q(q), p.k(blocks), p.v(blocks), block_mask, b, H, every
+                )
+                visible = visible_blocks(block_mask, qpos[:, ::every], b, self.causal)
+            else:
+                visible = visible_blocks(block_mask, qpos, b, self.causal)
+                outs["block"], w = fast.attend_shared(p.q(q), p.k(blocks), p.v(blocks), visible, H)
+                ex.block_weights = w.mean(1)
+        if "selective" in self.branches:
+            a_block = ex.block_weights  # with shared selection and dense queries: already per query block
+            if shared and not dense:
+                lead = qpos // b * b
+                visible = visible_blocks(block_mask, lead, b, self.causal)
+                q_lead = h[torch.arange(len(h), device=h.device)[:, None], lead]
+                p = self.proj["block"]
+                a_block = fast.attend_shared(p.q(q_lead), p.k(blocks), p.v(blocks), visible, H)[1].mean(1)
+            p = self.proj["selective"]
+            idx, valid = fast.select_blocks(a_block, visible, cfg.num_selected)  # eq. 10
+            if shared and dense:  # gather once per query block
+                outs["selective"] = fast.shared_selective_attention(p.q(q), p.k(h), p.v(h), idx, valid, b, H)
+                L = h.shape[1]
+                ex.selected_blocks, ex.selected_valid = (x.repeat_interleave(b, 1)[:, :L] for x in (idx, valid))
+                return outs
+            ex.selected_blocks, ex.selected_valid = idx, valid
+            pos, item_ok = selected_positions(idx, valid, qpos, b)
+            if dense:
+                keys, values = fast.gather_blocks(p.k(h), idx, b), fast.gather_blocks(p.v(h), idx, b)
+            else:
+                picked = fast.gather_blocks(h, idx, b)  # (B, Q, k*b, D)
+                keys, values = p.k(picked), p.v(picked)
+            outs["selective"], ex.selective_weights = fast.attend_per_query(p.q(q), keys, values, item_ok, H)
+            ex.selective_positions = pos
+        return outs
 
     def finish(self, mixed: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """u = Out(mixed) + q, unit length like e: scores u . e are cosines, so tau sets their scale."""

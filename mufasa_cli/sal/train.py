@@ -38,7 +38,7 @@ from mufasa_cli.mfl.fusion import FusionNetwork
 from mufasa_cli.mfl.train import FUSED_FILE, MFL_FILE, load_mfl
 from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
 from mufasa_cli.sal.loss import Negatives, in_batch, item_log_q, sampled_softmax_loss, uniform
-from mufasa_cli.sal.model import SALEncoder
+from mufasa_cli.sal.model import SALEncoder, resolve_kernel
 
 STAGE = "align"
 SAL_FILE = "sal.safetensors"
@@ -205,8 +205,10 @@ def run_align(
     resume: bool,
     force: bool,
     on_step: OnStep | None = None,
+    kernel: str = "auto",
 ) -> dict:
     started = time.perf_counter()
+    kernel = resolve_kernel(kernel)
     out_dir = run_dir / STAGE
     artifacts.check_writable(out_dir, force)
     data_dir = run_dir / "data"
@@ -217,6 +219,7 @@ def run_align(
     seed_everything(seed)
     fusion, mb = load_mfl(run_dir, device) if cfg.finetune_mfl else (None, None)
     model = Aligner(SALEncoder(z_np.shape[1], cfg.sal), cfg.tau, cfg.learn_tau, fusion).to(device)
+    model.sal.kernel = kernel
     frozen_z = torch.as_tensor(z_np, device=device)
     log_p = item_log_q(torch.as_tensor(np.concatenate(data.train_seqs)), N).to(device)
     train_cfg = train_config(cfg)
@@ -316,6 +319,7 @@ def run_align(
             wall_time_s=time.perf_counter() - started,
             extra={
                 "device": str(device),
+                "kernel": kernel,
                 "objective": cfg.sal.objective,
                 "tau": tau,
                 "valid": metrics,
@@ -340,7 +344,7 @@ def _fuse_z(run_dir: Path) -> tuple[np.ndarray, dict]:
     return z, artifacts.input_record(fuse_dir)
 
 
-def load_sal(run_dir: Path, device: torch.device) -> tuple[SALEncoder, dict]:
+def load_sal(run_dir: Path, device: torch.device, kernel: str = "auto") -> tuple[SALEncoder, dict]:
     align_dir = run_dir / STAGE
     manifest = artifacts.verify_stage(align_dir)
     artifacts.check_not_stale(align_dir)
@@ -349,6 +353,7 @@ def load_sal(run_dir: Path, device: torch.device) -> tuple[SALEncoder, dict]:
     model = SALEncoder(int(meta["z_dim"]), cfg)
     state = artifacts.load_tensors(align_dir / SAL_FILE, {})
     model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    model.kernel = resolve_kernel(kernel)
     return model.to(device).eval(), manifest
 
 
@@ -395,14 +400,16 @@ def read_external_users(path: Path, items: pl.DataFrame) -> tuple[list[str], lis
     return users, histories, report
 
 
-def run_embed(run_dir: Path, *, device: torch.device, force: bool, users_file: Path | None = None) -> dict:
+def run_embed(
+    run_dir: Path, *, device: torch.device, force: bool, users_file: Path | None = None, kernel: str = "auto"
+) -> dict:
     """User embeddings (train users: history up to the test target; zero-shot users: their
     history without the targets; users of `users_file`) and item embeddings for all items
     (cold ones through their z)."""
     started = time.perf_counter()
     out_dir = run_dir / "embed"
     artifacts.check_writable(out_dir, force)
-    model, _ = load_sal(run_dir, device)
+    model, _ = load_sal(run_dir, device, kernel)
     z_np, _ = load_z(run_dir)
     z = torch.as_tensor(z_np, device=device)
     seqs = load_sequences(run_dir / "data")
@@ -445,7 +452,11 @@ def run_embed(run_dir: Path, *, device: torch.device, force: bool, users_file: P
         manifest = artifacts.write_manifest(
             tmp,
             stage="embed",
-            config={"max_len": model.cfg.max_len, "users_file": str(users_file) if users_file else None},
+            config={
+                "max_len": model.cfg.max_len,
+                "users_file": str(users_file) if users_file else None,
+                "kernel": model.kernel,
+            },
             seed=None,
             inputs={"align": artifacts.input_record(run_dir / STAGE)},
             counts=counts,
@@ -466,12 +477,12 @@ def find_user(seqs: Sequences, user: str, data_dir: Path) -> int:
 
 
 @torch.no_grad()
-def explain(run_dir: Path, user: str, *, device: torch.device, top: int = 5) -> dict:
+def explain(run_dir: Path, user: str, *, device: torch.device, top: int = 5, kernel: str = "auto") -> dict:
     """Why the SAL embeds `user` as it does: the history it reads (every item but the test
     targets, the most recent max_len), the interest blocks with their block-attention weights,
     the selected blocks, the gates, the top-weighted items of each branch, and the top
     recommendations (unseen items by u . e), each with its title."""
-    model, manifest = load_sal(run_dir, device)
+    model, manifest = load_sal(run_dir, device, kernel)
     data_dir = run_dir / "data"
     z = torch.as_tensor(load_z(run_dir)[0], device=device)
     seqs = load_sequences(data_dir)

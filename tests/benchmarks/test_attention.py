@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "attention.py"
 
 
@@ -15,12 +17,16 @@ def test_attention_benchmark_reports_every_point_with_ratios_against_sdpa():
     assert report["device"] == "cpu" and report["copy_gb_per_s"] > 0
     rows = report["rows"]
     points = {(r["objective"], r["L"], r["variant"]) for r in rows}
-    assert points == {(o, n, v) for o in ("last", "all") for n in (24,) for v in ("sal", "sdpa", "mean")}
+    variants = {"last": ("sal", "sal_fast", "sdpa", "mean"), "all": ("sal", "sal_fast", "sal_shared", "sdpa", "mean")}
+    assert points == {(o, 24, v) for o in ("last", "all") for v in variants[o]}
     for r in rows:
         assert r["fits"] and r["seconds"] > 0 and r["B"] == max(1, 64 // r["L"])
         assert r["speedup_vs_sdpa"] > 0
         if r["variant"] == "sdpa":
             assert r["speedup_vs_sdpa"] == 1.0
+    (embed,) = report["embed"]
+    assert embed["fits"] and embed["L"] == 24 and embed["B"] == 4 and embed["history_bytes"] == 4 * 24 * 64 * 4
+    assert embed["of_bound"] == pytest.approx(embed["gb_per_s"] / report["copy_gb_per_s"])
 
 
 def test_attention_benchmark_prints_a_table():
@@ -43,4 +49,5 @@ def test_attention_benchmark_prints_a_table():
         "speedup",
         "memory",
     ]
-    assert sum(line.startswith("long") for line in lines) == 2 and "plain torch copy" in lines[-1]
+    assert sum(line.startswith("long") for line in lines) == 3  # sal, sdpa; one embed row
+    assert "copy-bandwidth bound" in out and "plain torch copy" in lines[-1]

@@ -43,6 +43,7 @@ def test_align_train_writes_weights_and_validation_metrics(aligned):
     assert 0.0 <= m["valid"]["NDCG@10"] <= m["valid"]["HR@10"] <= 1.0
     assert m["inputs"]["fuse"]["manifest_sha256"] == artifacts.sha256_file(run / "fuse/manifest.json")
     assert m["objective"] == "last" and m["tau"] == pytest.approx(0.07)
+    assert m["kernel"] == "fast" and "(fast kernel)" in " ".join(result.stdout.split())  # auto picks the fast path
     assert "valid HR@10" in result.stdout and not (run / ".align.ckpt").exists()
 
 
@@ -58,6 +59,20 @@ def test_embed_covers_train_and_zero_shot_users_and_every_item(aligned):
     assert np.isfinite(u["emb"]).all() and np.isfinite(e["emb"]).all()
     m = artifacts.read_manifest(run / "embed")
     assert m["counts"]["zero_shot_users"] == (users["role"] == "zero_shot").sum()
+    assert m["config"]["kernel"] == "fast"
+
+
+def test_embed_with_the_reference_kernel_gives_the_same_embeddings(aligned, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(aligned[0], run)
+    result = invoke("embed", run, "--kernel", "reference", "--force")
+    assert result.exit_code == 0 and "reference kernel" in " ".join(result.stdout.split())
+    assert artifacts.read_manifest(run / "embed")["config"]["kernel"] == "reference"
+    spec = {"user": ("int64", ("U",)), "emb": ("float32", ("U", 64))}
+    ref = artifacts.load_tensors(run / "embed/users.safetensors", spec)
+    fast = artifacts.load_tensors(aligned[0] / "embed/users.safetensors", spec)
+    assert np.array_equal(ref["user"], fast["user"])
+    np.testing.assert_allclose(ref["emb"], fast["emb"], atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -88,6 +103,20 @@ def test_objective_all_trains_a_causal_model_and_embeds(fused, tmp_path):
     model, _ = sal_train.load_sal(run, torch.device("cpu"))
     assert model.causal
     assert invoke("embed", run).exit_code == 0
+
+
+def test_query_block_selection_trains_with_either_kernel_to_the_same_weights(fused, tmp_path):
+    weights = []
+    for kernel in ("fast", "reference"):
+        run = _copy(fused, tmp_path / kernel)
+        flags = ("--objective", "all", "--selection", "query_block", "--epochs", "1", "--kernel", kernel)
+        result = invoke("align-train", run, *flags)
+        assert result.exit_code == 0, result.output
+        m = artifacts.read_manifest(run / "align")
+        assert m["kernel"] == kernel and m["config"]["sal"]["selection"] == "query_block"
+        weights.append(artifacts.load_tensors(run / "align/sal.safetensors", {}))
+    for name in weights[0]:
+        np.testing.assert_allclose(weights[0][name], weights[1][name], atol=1e-4, err_msg=name)
 
 
 def test_finetune_mfl_trains_z_and_embed_reads_the_new_z(fused, tmp_path):
@@ -217,5 +246,10 @@ def test_bad_flags(aligned):
     assert result.exit_code == 2 and "--attention 'dense'" in result.stderr
     result = invoke("align-train", run, "--force", "--objective", "next")
     assert result.exit_code == 2 and "--objective 'next'" in result.stderr
+    result = invoke("align-train", run, "--force", "--kernel", "triton")
+    assert result.exit_code == 2 and "--kernel 'triton'" in result.stderr
+    result = invoke("align-train", run, "--force", "--selection", "query_block")
+    assert result.exit_code == 2 and "query_block needs --objective all" in result.stderr
+    assert artifacts.verify_stage(run / "align")  # the trained model survives the refusals
     result = invoke("embed", run / "nope")
     assert result.exit_code == 2 and "manifest.json: missing" in result.stderr

@@ -1,0 +1,186 @@
+"""The SAL branches, fast path: the same functions as `attention.py` (the reference), computed
+with fewer copies. Results equal the reference's to float rounding (tests/sal/test_fast.py).
+
+Where the time of the reference goes (profile of objective `all`, L = 8192, 2 users): copies
+made by permuting per-query keys for tiny batched matmuls, a full sort for top-k, two
+full-size `where`s per softmax, and gathers / scatters of single items. What this path does
+instead:
+- Masking: one masked_fill with the dtype's minimum, then a multiply by "the row has a key"
+  (a row with no key gets weights 0, never NaN), instead of -inf plus two `where`s.
+- Per-query keys (window and selective): scores as a broadcast multiply-and-sum over the
+  head dimension in the (B, Q, S, H, dh) layout the gather yields: no permute, no copy.
+- Dense causal queries (objective `all`, every position a query): the window branch is
+  banded attention. Queries in chunks of c = W_max attend to their chunk and the previous
+  one (2c keys) through one batched matmul, masked to each query's W; nothing is gathered.
+- Sparse queries (objective `last`, embed: one query per user): the window and selective
+  branches gather the history vectors h first and project only what was gathered (the K/V
+  maps are linear, so project-then-gather = gather-then-project): W + k*b projected rows per
+  user instead of L.
+- Selected blocks are gathered whole (rows of b*D floats) instead of item by item, and top-k
+  is a `topk` over integer keys that encode (weight, block index), so ties go to the more
+  recent block exactly as the reference's stable sort does.
+
+Legend: B users, Q queries per user, L history length, D model width, H heads, dh = D / H,
+b block size, nB blocks, W window, c chunk, S keys per query, kk selected blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """softmax over `dim` of the keys that `mask` allows (broadcastable to scores); rows with no
+    allowed key get zeros."""
+    lowest = torch.finfo(scores.dtype).min
+    weights = torch.softmax(scores.masked_fill(~mask, lowest), dim=dim)
+    return weights * mask.any(dim, keepdim=True).to(weights.dtype)
+
+
+def attend_shared(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, num_heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attention.attend` with keys shared by the queries: q (B, Q, D), k, v (B, S, D), mask (B, Q, S).
+    Returns (out (B, Q, D), weights (B, H, Q, S))."""
+    B, Q, D = q.shape
+    S, H = k.shape[1], num_heads
+    split = lambda x, n: x.view(B, n, H, D // H).transpose(1, 2)  # noqa: E731  (B, H, n, dh)
+    scores = (split(q, Q) @ split(k, S).transpose(-1, -2)) / math.sqrt(D // H)  # (B, H, Q, S)
+    weights = masked_softmax(scores, mask[:, None])
+    return (weights @ split(v, S)).transpose(1, 2).reshape(B, Q, D), weights
+
+
+def attend_per_query(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, num_heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attention.attend` with keys per query: q (B, Q, D), k, v (B, Q, S, D), mask (B, Q, S).
+    Returns (out (B, Q, D), weights averaged over heads (B, Q, S))."""
+    B, Q, S, D = k.shape
+    H = num_heads
+    kh = k.view(B, Q, S, H, D // H)
+    scores = (q.view(B, Q, 1, H, D // H) * kh).sum(-1) / math.sqrt(D // H)  # (B, Q, S, H)
+    weights = masked_softmax(scores, mask[..., None], dim=2)
+    out = (weights[..., None] * v.view(B, Q, S, H, D // H)).sum(2)  # (B, Q, H, dh)
+    return out.reshape(B, Q, D), weights.mean(-1)
+
+
+def dense_queries(qpos: torch.Tensor, length: int) -> bool:
+    """Whether every position 0..L-1 is a query, in order (objective `all`)."""
+    return qpos.shape[1] == length and bool(torch.equal(qpos, torch.arange(length, device=qpos.device).expand_as(qpos)))
+
+
+def band_window_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    """The window branch (eqs. 6-7) for dense causal queries: query p attends to the items
+    p - W_p + 1 .. p. q, k, v: (B, L, D), windows (B, L) -> (B, L, D)."""
+    B, L, D = q.shape
+    H, dh = num_heads, D // num_heads
+    c = max(int(windows.max()), 1)
+    nC = -(-L // c)
+    pad = nC * c - L
+    qc = F.pad(q, (0, 0, 0, pad)).view(B, nC, c, H, dh).permute(0, 3, 1, 2, 4)  # (B, H, nC, c, dh)
+
+    def two_chunks(x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, H, nC, 2c, dh): for chunk i, the items of chunks i-1 and i."""
+        xc = F.pad(x, (0, 0, c, pad)).view(B, nC + 1, c, D)
+        return torch.cat([xc[:, :-1], xc[:, 1:]], dim=2).view(B, nC, 2 * c, H, dh).permute(0, 3, 1, 2, 4)
+
+    scores = (qc @ two_chunks(k).transpose(-1, -2)) / math.sqrt(dh)  # (B, H, nC, c, 2c)
+    r = torch.arange(c, device=q.device)[:, None]
+    s = torch.arange(2 * c, device=q.device)[None, :]
+    distance = r + c - s  # query position - key position, (c, 2c)
+    first = (torch.arange(nC, device=q.device) == 0)[:, None, None] & (s < c)  # keys left of position 0
+    w = F.pad(windows, (0, pad)).view(B, nC, c, 1)  # padded queries: window 0, no key
+    mask = (distance >= 0) & (distance < w) & ~first  # (B, nC, c, 2c)
+    weights = masked_softmax(scores, mask[:, None])
+    out = weights @ two_chunks(v)  # (B, H, nC, c, dh)
+    return out.permute(0, 2, 3, 1, 4).reshape(B, nC * c, D)[:, :L]
+
+
+def select_blocks(a_block: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`attention.select_blocks` by `topk` over int64 keys weight_bits * nB + index: a_block >= 0,
+    so its float32 bit pattern orders like its value; the index breaks ties toward the more
+    recent block; invisible blocks get keys below every visible one, recent first."""
+    nB = a_block.shape[-1]
+    kk = min(k, nB)
+    index = torch.arange(nB, device=a_block.device)
+    bits = a_block.detach().float().view(torch.int32).long()
+    keys = torch.where(visible, bits * nB + index, index - nB)
+    idx = torch.topk(keys, kk, dim=-1).indices
+    return idx, visible.gather(-1, idx)
+
+
+def gather_blocks(x: torch.Tensor, idx: torch.Tensor, block_size: int) -> torch.Tensor:
+    """The items of the blocks idx (B, Q, kk) of x (B, L, D), whole blocks at a time: (B, Q, kk*b, D)."""
+    B, L, D = x.shape
+    nB = -(-L // block_size)
+    rows = F.pad(x, (0, 0, 0, nB * block_size - L)).view(B, nB, block_size * D)
+    picked = rows[torch.arange(B, device=x.device)[:, None, None], idx]  # (B, Q, kk, b*D)
+    return picked.view(B, idx.shape[1], idx.shape[2] * block_size, D)
+
+
+def shared_selective_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    idx: torch.Tensor,
+    selected: torch.Tensor,
+    block_size: int,
+    num_heads: int,
+) -> torch.Tensor:
+    """The selective branch (eqs. 11-12) for dense causal queries whose query blocks share
+    their selection: query block g (positions g*b .. g*b+b-1) attends to the items of the
+    blocks idx[:, g] (B, nG, kk), all complete before its first query, so no item needs a
+    per-query mask. The blocks are gathered once per query block and scored by one batched
+    matmul of its b queries. q, k, v: (B, L, D) -> (B, L, D)."""
+    B, L, D = q.shape
+    H, dh, b = num_heads, D // num_heads, block_size
+    nG = idx.shape[1]
+    S = idx.shape[2] * b
+    heads = lambda x, n: x.view(B, nG, n, H, dh).permute(0, 3, 1, 2, 4)  # noqa: E731  (B, H, nG, n, dh)
+    qg = heads(F.pad(q, (0, 0, 0, nG * b - L)), b)
+    scores = (qg @ heads(gather_blocks(k, idx, b), S).transpose(-1, -2)) / math.sqrt(dh)  # (B, H, nG, b, S)
+    ok = selected.repeat_interleave(b, dim=-1)[:, None, :, None, :]  # (B, 1, nG, 1, S)
+    out = masked_softmax(scores, ok) @ heads(gather_blocks(v, idx, b), S)  # (B, H, nG, b, dh)
+    return out.permute(0, 2, 3, 1, 4).reshape(B, nG * b, D)[:, :L]
+
+
+def causal_block_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    block_mask: torch.Tensor,
+    block_size: int,
+    num_heads: int,
+    every: int = 1,
+    chunk: int = 512,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block branch (eq. 9) for dense causal queries: query p sees block j when j holds a
+    real item and is complete at p ((j+1)*b - 1 <= p). Queries go in chunks of `chunk`
+    positions, each scoring only the blocks complete by its last query, so the blocks that no
+    query of a chunk can see (about half of them) are never scored.
+
+    q: (B, L, D); k, v: (B, nB, D) block vectors; block_mask (B, nB).
+    Returns z_long (B, L, D) and a_block, the weights averaged over heads, at positions
+    0, every, 2*every, ... (B, ceil(L/every), nB); `every` divides `chunk`.
+    """
+    B, L, D = q.shape
+    nB, H, dh = k.shape[1], num_heads, D // num_heads
+    chunk = max(every, chunk // every * every)
+    qh = (q / math.sqrt(dh)).view(B, L, H, dh).transpose(1, 2)  # (B, H, L, dh), the scale folded into q
+    kh, vh = (x.view(B, nB, H, dh).transpose(1, 2) for x in (k, v))  # (B, H, nB, dh)
+    complete_at = (torch.arange(nB, device=q.device) + 1) * block_size - 1  # (nB,)
+    outs, weights = [], []
+    for start in range(0, L, chunk):
+        end = min(start + chunk, L)
+        nb = min(nB, end // block_size)  # blocks complete by position end - 1
+        pos = torch.arange(start, end, device=q.device)
+        mask = (complete_at[:nb] <= pos[:, None])[None] & block_mask[:, None, :nb]  # (B, end-start, nb)
+        w = masked_softmax(qh[:, :, start:end] @ kh[:, :, :nb].transpose(-1, -2), mask[:, None])
+        outs.append(w @ vh[:, :, :nb])  # (B, H, end-start, dh)
+        weights.append(F.pad(w[:, :, ::every].mean(1), (0, nB - nb)))
+    return torch.cat(outs, 2).transpose(1, 2).reshape(B, L, D), torch.cat(weights, 1)

@@ -1,0 +1,176 @@
+"""The fast path (sal/fast.py, kernel "fast") equals the reference (attention.py) in outputs,
+selections and gradients: every branch, both objectives, both selection rules, edge lengths
+(1, b-1, b, b+1, not a multiple of the query block), padding; plus the pieces one by one."""
+
+import pytest
+import torch
+
+from mufasa_cli.config import RecipeError, SALConfig
+from mufasa_cli.sal import attention as A
+from mufasa_cli.sal import fast
+from mufasa_cli.sal.model import SALEncoder
+
+D, H, Z = 16, 2, 12
+SETTINGS = [
+    {"block_size": 4, "num_selected": 2, "window": 0},  # the paper's window protocol (4 / 8)
+    {"block_size": 4, "num_selected": 3, "window": 3},
+    {"block_size": 8, "num_selected": 8, "window": 16},  # window > block, more blocks than exist
+]
+b = 4
+EDGE_LENGTHS = [1, b - 1, b, b + 1, 33, 37]  # 37: neither blocks nor query blocks divide it
+
+
+def _run(model, kernel, z, lengths, qpos, seed=1):
+    """Outputs, parameter gradients of a fixed random projection of them, and the explanation."""
+    model.kernel = kernel
+    model.zero_grad(set_to_none=True)
+    u, ex = model.encode(z, lengths, qpos)
+    weights = torch.randn(u.shape, generator=torch.Generator().manual_seed(seed), dtype=u.dtype)
+    (u * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return u.detach(), grads, ex
+
+
+def _model(objective, selection="query", dtype=torch.float64, **setting):
+    torch.manual_seed(0)
+    cfg = SALConfig(d_model=D, num_heads=H, max_len=64, objective=objective, selection=selection, **setting)
+    return SALEncoder(Z, cfg).to(dtype)
+
+
+def _queries(objective, lengths, L):
+    if objective == "all":
+        return torch.arange(L).expand(len(lengths), L).contiguous()
+    return (lengths - 1)[:, None]
+
+
+@pytest.mark.parametrize("setting", SETTINGS)
+@pytest.mark.parametrize(("objective", "selection"), [("last", "query"), ("all", "query"), ("all", "query_block")])
+def test_fast_equals_reference_outputs_gradients_and_selection(setting, objective, selection):
+    model = _model(objective, selection, **setting)
+    lengths = torch.tensor(EDGE_LENGTHS)  # one batch: padding of every kind
+    L = int(lengths.max())
+    z = torch.randn(len(lengths), L, Z, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    qpos = _queries(objective, lengths, L)
+    u_ref, g_ref, ex_ref = _run(model, "reference", z, lengths, qpos)
+    u_fast, g_fast, ex_fast = _run(model, "fast", z, lengths, qpos)
+    torch.testing.assert_close(u_fast, u_ref, rtol=1e-10, atol=1e-12)
+    assert g_ref.keys() == g_fast.keys() and g_ref
+    for name in g_ref:
+        torch.testing.assert_close(g_fast[name], g_ref[name], rtol=1e-9, atol=1e-11, msg=name)
+    valid = ex_ref.selected_valid
+    assert torch.equal(ex_fast.selected_valid, valid)
+    assert torch.equal(ex_fast.selected_blocks[valid], ex_ref.selected_blocks[valid])
+
+
+@pytest.mark.parametrize("objective", ["last", "all"])
+def test_fast_equals_reference_in_float32_with_the_gate_and_without_branches(objective):
+    for without in [(), ("window",), ("block",), ("selective",), ("window", "selective")]:
+        model = _model(objective, dtype=torch.float32, without=without, **SETTINGS[0])
+        lengths = torch.tensor([1, 5, 20])
+        z = torch.randn(3, 20, Z, generator=torch.Generator().manual_seed(3))
+        qpos = _queries(objective, lengths, 20)
+        u_ref, g_ref, _ = _run(model, "reference", z, lengths, qpos)
+        u_fast, g_fast, _ = _run(model, "fast", z, lengths, qpos)
+        torch.testing.assert_close(u_fast, u_ref, rtol=1e-5, atol=1e-6)
+        for name in g_ref:
+            torch.testing.assert_close(g_fast[name], g_ref[name], rtol=1e-4, atol=1e-5, msg=f"{without} {name}")
+
+
+@pytest.mark.parametrize("attention", ["full", "mean"])
+def test_fast_kernel_leaves_the_full_and_mean_variants_unchanged(attention):
+    model = _model("all", attention=attention)
+    lengths = torch.tensor([3, 9])
+    z = torch.randn(2, 9, Z, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    qpos = _queries("all", lengths, 9)
+    torch.testing.assert_close(_run(model, "fast", z, lengths, qpos)[0], _run(model, "reference", z, lengths, qpos)[0])
+
+
+@pytest.mark.parametrize("selection", ["query", "query_block"])
+def test_dense_causal_output_at_the_last_item_equals_the_one_query_embedding(selection):
+    """Training (`all`, every position) and embedding (one query at the last item) agree, and a
+    query's output never depends on later items, query block sharing included."""
+    model = _model("all", selection, **SETTINGS[0])
+    lengths = torch.tensor([37, 9, 4])
+    z = torch.randn(3, 37, Z, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    for kernel in ("reference", "fast"):
+        model.kernel = kernel
+        with torch.no_grad():
+            every, _ = model.encode(z, lengths, _queries("all", lengths, 37))
+            one, _ = model.users(z, lengths)
+            torch.testing.assert_close(one, every[torch.arange(3), lengths - 1])
+            later = z.clone()
+            later[:, 21:] = torch.randn(3, 16, Z, dtype=torch.float64) * 5
+            edited, _ = model.encode(later, lengths, _queries("all", lengths, 37))
+            torch.testing.assert_close(edited[:, :21], every[:, :21])
+
+
+def test_query_block_selection_needs_the_causal_objective():
+    with pytest.raises(RecipeError, match="query_block needs --objective all"):
+        SALConfig(selection="query_block")
+    with pytest.raises(RecipeError, match="--selection 'per'"):
+        SALConfig(objective="all", selection="per")
+
+
+def test_masked_softmax_rows_without_keys_are_zero_and_keep_finite_gradients():
+    scores = torch.tensor([[1.0, 2.0, 3.0], [5.0, 6.0, 7.0]], requires_grad=True)
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    w = fast.masked_softmax(scores, mask)
+    e1, e3 = torch.exp(torch.tensor(1.0)), torch.exp(torch.tensor(3.0))
+    torch.testing.assert_close(w[0], torch.stack([e1 / (e1 + e3), torch.tensor(0.0), e3 / (e1 + e3)]))
+    assert torch.equal(w[1], torch.zeros(3))
+    (w * torch.arange(3.0)).sum().backward()
+    assert torch.isfinite(scores.grad).all() and torch.equal(scores.grad[1], torch.zeros(3))
+
+
+def test_select_blocks_matches_the_reference_order_including_ties():
+    a = torch.tensor([[0.2, 0.5, 0.5, 0.0, 0.3, 0.5], [0.1, 0.1, 0.1, 0.1, 0.1, 0.1]])
+    visible = torch.tensor([[True, True, True, False, True, True], [True, True, False, False, False, False]])
+    for k in (1, 3, 6, 9):
+        idx_ref, ok_ref = A.select_blocks(a, visible, k)
+        idx, ok = fast.select_blocks(a, visible, k)
+        assert torch.equal(idx, idx_ref) and torch.equal(ok, ok_ref), k
+    assert fast.select_blocks(a, visible, 3)[0][0].tolist() == [5, 2, 1]  # ties: the more recent first
+
+
+@pytest.mark.parametrize("L", [1, 3, 8, 9, 23])
+def test_band_window_equals_the_gathered_window(L):
+    g = torch.Generator().manual_seed(L)
+    q, k, v = (torch.randn(2, L, D, generator=g, dtype=torch.float64) for _ in range(3))
+    qpos = torch.arange(L).expand(2, L)
+    for windows in (A.paper_window_sizes(qpos + 1), torch.full((2, L), 3), torch.randint(1, 6, (2, L), generator=g)):
+        ref, _ = A.window_attention(q, k, v, qpos, windows, H)
+        torch.testing.assert_close(fast.band_window_attention(q, k, v, windows, H), ref)
+
+
+@pytest.mark.parametrize("chunk", [4, 8, 512])
+def test_chunked_causal_block_attention_equals_the_masked_dense_one(chunk):
+    g = torch.Generator().manual_seed(chunk)
+    L, nB = 23, 6  # the last block is partial
+    q = torch.randn(2, L, D, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, nB, D, generator=g, dtype=torch.float64) for _ in range(2))
+    block_mask = torch.tensor([[True] * 6, [True, True, True, False, False, False]])  # user 2: 3 blocks
+    qpos = torch.arange(L).expand(2, L)
+    visible = A.visible_blocks(block_mask, qpos, b, causal=True)
+    ref, ref_a = A.block_attention(q, k, v, visible, H)
+    for every in (1, 4):
+        out, a = fast.causal_block_attention(q, k, v, block_mask, b, H, every=every, chunk=chunk)
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(a, ref_a[:, ::every])
+
+
+def test_shared_selective_attends_exactly_the_items_of_the_query_blocks_selection():
+    g = torch.Generator().manual_seed(7)
+    L = 14  # query blocks 0..3, the last partial
+    q, k, v = (torch.randn(1, L, D, generator=g, dtype=torch.float64) for _ in range(3))
+    idx = torch.tensor([[[0, 1], [0, 1], [1, 0], [2, 0]]])  # (1, nG, 2)
+    ok = torch.tensor([[[False, False], [True, False], [True, True], [True, False]]])
+    out = fast.shared_selective_attention(q, k, v, idx, ok, b, H)
+    for t in range(L):
+        g_ = t // b
+        positions = [int(j) * b + i for j, keep in zip(idx[0, g_], ok[0, g_], strict=True) if keep for i in range(b)]
+        pos = torch.tensor(positions, dtype=torch.long)
+        if not positions:
+            assert torch.equal(out[0, t], torch.zeros(D, dtype=torch.float64))
+            continue
+        ref, _ = A.attend(q[:, t : t + 1], k[:, pos], v[:, pos], torch.ones(1, 1, len(pos), dtype=torch.bool), H)
+        torch.testing.assert_close(out[0, t], ref[0, 0])
