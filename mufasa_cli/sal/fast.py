@@ -48,7 +48,7 @@ def attend_shared(
     B, Q, D = q.shape
     S, H = k.shape[1], num_heads
     split = lambda x, n: x.view(B, n, H, D // H).transpose(1, 2)  # noqa: E731  (B, H, n, dh)
-    scores = (split(q, Q) @ split(k, S).transpose(-1, -2)) / math.sqrt(D // H)  # (B, H, Q, S)
+    scores = split(q / math.sqrt(D // H), Q) @ split(k, S).transpose(-1, -2)  # (B, H, Q, S)
     weights = masked_softmax(scores, mask[:, None])
     return (weights @ split(v, S)).transpose(1, 2).reshape(B, Q, D), weights
 
@@ -61,7 +61,7 @@ def attend_per_query(
     B, Q, S, D = k.shape
     H = num_heads
     kh = k.view(B, Q, S, H, D // H)
-    scores = (q.view(B, Q, 1, H, D // H) * kh).sum(-1) / math.sqrt(D // H)  # (B, Q, S, H)
+    scores = ((q / math.sqrt(D // H)).view(B, Q, 1, H, D // H) * kh).sum(-1)  # (B, Q, S, H)
     weights = masked_softmax(scores, mask[..., None], dim=2)
     out = (weights[..., None] * v.view(B, Q, S, H, D // H)).sum(2)  # (B, Q, H, dh)
     return out.reshape(B, Q, D), weights.mean(-1)
@@ -70,6 +70,18 @@ def attend_per_query(
 def dense_queries(qpos: torch.Tensor, length: int) -> bool:
     """Whether every position 0..L-1 is a query, in order (objective `all`)."""
     return qpos.shape[1] == length and bool(torch.equal(qpos, torch.arange(length, device=qpos.device).expand_as(qpos)))
+
+
+def heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, L, D) -> (B, H, L, dh), contiguous: one copy, so that later slices feed matmuls without one."""
+    B, L, D = x.shape
+    return x.view(B, L, num_heads, D // num_heads).transpose(1, 2).contiguous()
+
+
+def merge_heads(x: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, H, >= L, dh) -> (B, L, D)."""
+    B, H, _, dh = x.shape
+    return x[:, :, :length].transpose(1, 2).reshape(B, length, H * dh)
 
 
 def band_window_attention(
@@ -82,23 +94,22 @@ def band_window_attention(
     c = max(int(windows.max()), 1)
     nC = -(-L // c)
     pad = nC * c - L
-    qc = F.pad(q, (0, 0, 0, pad)).view(B, nC, c, H, dh).permute(0, 3, 1, 2, 4)  # (B, H, nC, c, dh)
+    qc = F.pad(heads(q / math.sqrt(dh), H), (0, 0, 0, pad)).view(B, H, nC, c, dh)
 
     def two_chunks(x: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, H, nC, 2c, dh): for chunk i, the items of chunks i-1 and i."""
-        xc = F.pad(x, (0, 0, c, pad)).view(B, nC + 1, c, D)
-        return torch.cat([xc[:, :-1], xc[:, 1:]], dim=2).view(B, nC, 2 * c, H, dh).permute(0, 3, 1, 2, 4)
+        xc = F.pad(heads(x, H), (0, 0, c, pad)).view(B, H, nC + 1, c, dh)
+        return torch.cat([xc[:, :, :-1], xc[:, :, 1:]], dim=3)
 
-    scores = (qc @ two_chunks(k).transpose(-1, -2)) / math.sqrt(dh)  # (B, H, nC, c, 2c)
+    scores = qc @ two_chunks(k).transpose(-1, -2)  # (B, H, nC, c, 2c)
     r = torch.arange(c, device=q.device)[:, None]
     s = torch.arange(2 * c, device=q.device)[None, :]
     distance = r + c - s  # query position - key position, (c, 2c)
     first = (torch.arange(nC, device=q.device) == 0)[:, None, None] & (s < c)  # keys left of position 0
     w = F.pad(windows, (0, pad)).view(B, nC, c, 1)  # padded queries: window 0, no key
     mask = (distance >= 0) & (distance < w) & ~first  # (B, nC, c, 2c)
-    weights = masked_softmax(scores, mask[:, None])
-    out = weights @ two_chunks(v)  # (B, H, nC, c, dh)
-    return out.permute(0, 2, 3, 1, 4).reshape(B, nC * c, D)[:, :L]
+    out = masked_softmax(scores, mask[:, None]) @ two_chunks(v)  # (B, H, nC, c, dh)
+    return merge_heads(out.view(B, H, nC * c, dh), L)
 
 
 def select_blocks(a_block: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,18 +146,25 @@ def shared_selective_attention(
     """The selective branch (eqs. 11-12) for dense causal queries whose query blocks share
     their selection: query block g (positions g*b .. g*b+b-1) attends to the items of the
     blocks idx[:, g] (B, nG, kk), all complete before its first query, so no item needs a
-    per-query mask. The blocks are gathered once per query block and scored by one batched
-    matmul of its b queries. q, k, v: (B, L, D) -> (B, L, D)."""
+    per-query mask. The blocks are gathered once per query block, already split into heads,
+    and scored by one batched matmul of its b queries. q, k, v: (B, L, D) -> (B, L, D)."""
     B, L, D = q.shape
     H, dh, b = num_heads, D // num_heads, block_size
-    nG = idx.shape[1]
-    S = idx.shape[2] * b
-    heads = lambda x, n: x.view(B, nG, n, H, dh).permute(0, 3, 1, 2, 4)  # noqa: E731  (B, H, nG, n, dh)
-    qg = heads(F.pad(q, (0, 0, 0, nG * b - L)), b)
-    scores = (qg @ heads(gather_blocks(k, idx, b), S).transpose(-1, -2)) / math.sqrt(dh)  # (B, H, nG, b, S)
+    nG, kk = idx.shape[1], idx.shape[2]
+    S = kk * b
+    # row (user, head, block) of the (B * H * nB, b * dh) block table, for every selected slot
+    user_head = torch.arange(B * H, device=q.device).view(B, H, 1, 1) * nG
+    rows = (user_head + idx[:, None]).flatten()  # (B * H * nG * kk,)
+
+    def selected_items(x: torch.Tensor) -> torch.Tensor:
+        table = F.pad(heads(x, H), (0, 0, 0, nG * b - L)).view(B * H * nG, b * dh)
+        return table.index_select(0, rows).view(B, H, nG, S, dh)
+
+    qg = F.pad(heads(q / math.sqrt(dh), H), (0, 0, 0, nG * b - L)).view(B, H, nG, b, dh)
+    scores = qg @ selected_items(k).transpose(-1, -2)  # (B, H, nG, b, S)
     ok = selected.repeat_interleave(b, dim=-1)[:, None, :, None, :]  # (B, 1, nG, 1, S)
-    out = masked_softmax(scores, ok) @ heads(gather_blocks(v, idx, b), S)  # (B, H, nG, b, dh)
-    return out.permute(0, 2, 3, 1, 4).reshape(B, nG * b, D)[:, :L]
+    out = masked_softmax(scores, ok) @ selected_items(v)  # (B, H, nG, b, dh)
+    return merge_heads(out.view(B, H, nG * b, dh), L)
 
 
 def causal_block_attention(
@@ -171,8 +189,8 @@ def causal_block_attention(
     B, L, D = q.shape
     nB, H, dh = k.shape[1], num_heads, D // num_heads
     chunk = max(every, chunk // every * every)
-    qh = (q / math.sqrt(dh)).view(B, L, H, dh).transpose(1, 2)  # (B, H, L, dh), the scale folded into q
-    kh, vh = (x.view(B, nB, H, dh).transpose(1, 2) for x in (k, v))  # (B, H, nB, dh)
+    qh = heads(q / math.sqrt(dh), H)  # (B, H, L, dh), the scale folded into q
+    kh, vh = heads(k, H), heads(v, H)  # (B, H, nB, dh)
     complete_at = (torch.arange(nB, device=q.device) + 1) * block_size - 1  # (nB,)
     outs, weights = [], []
     for start in range(0, L, chunk):
@@ -183,4 +201,4 @@ def causal_block_attention(
         w = masked_softmax(qh[:, :, start:end] @ kh[:, :, :nb].transpose(-1, -2), mask[:, None])
         outs.append(w @ vh[:, :, :nb])  # (B, H, end-start, dh)
         weights.append(F.pad(w[:, :, ::every].mean(1), (0, nB - nb)))
-    return torch.cat(outs, 2).transpose(1, 2).reshape(B, L, D), torch.cat(weights, 1)
+    return merge_heads(torch.cat(outs, 2), L), torch.cat(weights, 1)
