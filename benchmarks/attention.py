@@ -6,6 +6,7 @@ Every point is one (setting, objective, L) with the same token budget B * L, d =
 - `sal_fast`: the same model with the fast kernel (align-train's default): same results;
 - `sal_shared`: the fast kernel with `selection: query_block` (objective `all` only): the b
   queries of a query block share the top-k of the block's first query (NSA-style);
+- `sal_flex` (CUDA only): the same model as `sal_shared` through FlexAttention block masks;
 - `sdpa`: the same towers and output with one full causal attention through
   F.scaled_dot_product_attention instead of the three branches;
 - `mean`: the same towers and output with mean pooling of the history.
@@ -36,7 +37,7 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("sal", "sal_fast", "sal_shared", "sdpa", "mean")
+VARIANTS = ("sal", "sal_fast", "sal_shared", "sal_flex", "sdpa", "mean")
 SETTINGS = {
     "default": {"block_size": 8, "num_selected": 4, "window": 0},
     "long": {"block_size": 32, "num_selected": 8, "window": 64},
@@ -55,7 +56,7 @@ def _build(variant: str, setting: str, objective: str, length: int, dim: int, de
     from mufasa_cli.sal.model import QKV, SALEncoder
 
     attention = {"sdpa": "full", "mean": "mean"}.get(variant, "sparse")
-    selection = "query_block" if variant == "sal_shared" else "query"
+    selection = "query_block" if variant in ("sal_shared", "sal_flex") else "query"
     cfg = SALConfig(
         d_model=dim,
         num_heads=2,
@@ -66,7 +67,7 @@ def _build(variant: str, setting: str, objective: str, length: int, dim: int, de
         **SETTINGS[setting],
     )
     model = SALEncoder(dim, cfg).to(device)
-    model.kernel = "reference" if variant == "sal" else "fast"
+    model.kernel = {"sal": "reference", "sal_flex": "flex"}.get(variant, "fast")
     if variant != "sdpa":
         return model, model.encode
 
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         for o in args.objectives
         for length in args.lengths
         for v in args.variants
-        if v != "sal_shared" or o == "all"  # query blocks exist only among causal queries
+        if v not in ("sal_shared", "sal_flex") or o == "all"  # query blocks exist only among causal queries
+        if v != "sal_flex" or args.device == "cuda"  # FlexAttention has no backward on CPU
     ]
     add_ratios(rows)
     bandwidth = copy_bandwidth_gbs(args.device, 16 if args.tiny else 256)

@@ -273,7 +273,8 @@ def fuse_train(
 
 KERNEL_HELP = (
     "How the sparse attention is computed: fast (batched, gathers whole blocks; the same results), "
-    "reference (plain gather + matmul, for checking) or auto (= fast). Recorded in the manifest."
+    "reference (plain gather + matmul, for checking), flex (FlexAttention, objective all on CUDA; "
+    "untested on a GPU so far) or auto (= fast). Recorded in the manifest."
 )
 
 

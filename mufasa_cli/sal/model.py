@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mufasa_cli.config import BRANCHES, RecipeError, SALConfig
-from mufasa_cli.sal import fast
+from mufasa_cli.sal import fast, flex
 from mufasa_cli.sal.attention import (
     attend,
     block_attention,
@@ -42,12 +42,13 @@ from mufasa_cli.sal.attention import (
     window_positions,
 )
 
-KERNELS = ("auto", "reference", "fast")
+KERNELS = ("auto", "reference", "fast", "flex")
 
 
 def resolve_kernel(kernel: str) -> str:
     """auto -> fast: it computes every configuration, on CPU and CUDA alike, to the reference's
-    results (tests/sal/test_fast.py); reference stays for checking it."""
+    results (tests/sal/test_fast.py); reference stays for checking it. flex (FlexAttention,
+    the GPU path for objective `all`) is never picked by auto: no GPU run has checked it."""
     if kernel not in KERNELS:
         raise RecipeError(f"--kernel {kernel!r}: choose {', '.join(KERNELS)}")
     return "fast" if kernel == "auto" else kernel
@@ -132,9 +133,8 @@ class SALEncoder(nn.Module):
             full = fast.attend_shared if self.kernel == "fast" else attend
             z, _ = full(p.q(q), p.k(h), p.v(h), upto, H)
             return self.finish(z, q), ex
-        outs = (
-            self._fast(h, q, lengths, qpos, ex) if self.kernel == "fast" else self._reference(h, q, lengths, qpos, ex)
-        )
+        path = {"reference": self._reference, "fast": self._fast, "flex": self._flex}[self.kernel]
+        outs = path(h, q, lengths, qpos, ex)
         mixed, ex.gates = gate(q, [outs[b] for b in self.branches], self.gate)
         return self.finish(mixed, q), ex
 
@@ -230,6 +230,34 @@ class SALEncoder(nn.Module):
                 keys, values = p.k(picked), p.v(picked)
             outs["selective"], ex.selective_weights = fast.attend_per_query(p.q(q), keys, values, item_ok, H)
             ex.selective_positions = pos
+        return outs
+
+    def _flex(
+        self, h: torch.Tensor, q: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, ex: Explanation
+    ) -> dict[str, torch.Tensor]:
+        """Dense causal queries through FlexAttention masks (flex.py); anything else as _fast."""
+        cfg, H, b = self.cfg, self.cfg.num_heads, self.cfg.block_size
+        L = h.shape[1]
+        if not (self.causal and fast.dense_queries(qpos, L)):
+            return self._fast(h, q, lengths, qpos, ex)
+        outs: dict[str, torch.Tensor] = {}
+        if "window" in self.branches:
+            p = self.proj["window"]
+            outs["window"] = flex.window_attention(p.q(q), p.k(h), p.v(h), self._windows(qpos), H)
+        if self.uses_blocks:
+            p = self.proj["block"]
+            blocks, block_mask = block_vectors(h, lengths, b, self.phi)  # eq. 8
+            q_block, k_block = p.q(q), p.k(blocks)
+            outs["block"] = flex.block_attention(q_block, k_block, p.v(blocks), block_mask, b, H)
+        if "selective" in self.branches:
+            every = b if cfg.selection == "query_block" else 1  # rank at each query / query block's first
+            a_block = flex.block_weights(q_block[:, ::every], k_block, block_mask, qpos[0, ::every], b, H)
+            visible = visible_blocks(block_mask, qpos[:, ::every], b, self.causal)
+            idx, valid = fast.select_blocks(a_block, visible, cfg.num_selected)  # eq. 10
+            p = self.proj["selective"]
+            outs["selective"] = flex.selective_attention(p.q(q), p.k(h), p.v(h), idx, valid, b, H, every)
+            ex.block_weights = a_block
+            ex.selected_blocks, ex.selected_valid = (x.repeat_interleave(every, 1)[:, :L] for x in (idx, valid))
         return outs
 
     def finish(self, mixed: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mufasa_cli import artifacts
-from mufasa_cli.config import AlignConfig, SALConfig, TrainConfig, restore
+from mufasa_cli.config import AlignConfig, RecipeError, SALConfig, TrainConfig, restore
 from mufasa_cli.data import schema
 from mufasa_cli.errors import DataSchemaError
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
@@ -209,6 +209,8 @@ def run_align(
 ) -> dict:
     started = time.perf_counter()
     kernel = resolve_kernel(kernel)
+    if kernel == "flex" and device.type != "cuda":
+        raise RecipeError("--kernel flex trains on CUDA only (FlexAttention has no CPU backward); use fast")
     out_dir = run_dir / STAGE
     artifacts.check_writable(out_dir, force)
     data_dir = run_dir / "data"

@@ -248,6 +248,8 @@ def test_bad_flags(aligned):
     assert result.exit_code == 2 and "--objective 'next'" in result.stderr
     result = invoke("align-train", run, "--force", "--kernel", "triton")
     assert result.exit_code == 2 and "--kernel 'triton'" in result.stderr
+    result = invoke("align-train", run, "--force", "--kernel", "flex", "--device", "cpu")
+    assert result.exit_code == 2 and "--kernel flex trains on CUDA only" in result.stderr
     result = invoke("align-train", run, "--force", "--selection", "query_block")
     assert result.exit_code == 2 and "query_block needs --objective all" in result.stderr
     assert artifacts.verify_stage(run / "align")  # the trained model survives the refusals
