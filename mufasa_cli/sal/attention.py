@@ -99,9 +99,9 @@ def block_vectors(
     num_blocks = -(-L // block_size)
     item_mask = torch.arange(L, device=h.device)[None, :] < lengths[:, None]  # (B, L)
     block_mask = torch.arange(num_blocks, device=h.device)[None, :] * block_size < lengths[:, None]
-    x = torch.where(item_mask[..., None], h, torch.zeros_like(h))
+    x = h * item_mask[..., None].to(h.dtype)  # padding slots zero
     pad = num_blocks * block_size - L
-    x = F.pad(x, (0, 0, 0, pad)).view(B, num_blocks, block_size, D)  # (B, nB, b, D)
+    x = (F.pad(x, (0, 0, 0, pad)) if pad else x).view(B, num_blocks, block_size, D)  # (B, nB, b, D)
     if phi is None:
         counts = F.pad(item_mask, (0, pad)).view(B, num_blocks, block_size).sum(-1, keepdim=True)  # (B, nB, 1)
         blocks = x.sum(2) / counts.clamp(min=1)

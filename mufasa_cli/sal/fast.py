@@ -37,7 +37,10 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
     allowed key get zeros."""
     lowest = torch.finfo(scores.dtype).min
     weights = torch.softmax(scores.masked_fill(~mask, lowest), dim=dim)
-    return weights * mask.any(dim, keepdim=True).to(weights.dtype)
+    has_key = mask.any(dim, keepdim=True)
+    if bool(has_key.all()):  # the common case: no second score-sized tensor to keep for backward
+        return weights
+    return weights * has_key.to(weights.dtype)
 
 
 def attend_shared(

@@ -100,25 +100,34 @@ class SALEncoder(nn.Module):
         """e = A_item(z), unit length: (N, d_z) -> (N, D)."""
         return F.normalize(self.item_tower(z), dim=-1)
 
-    def history(self, z_hist: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(B, L, d_z) right-padded fused vectors -> h (B, L, D) with their position embeddings."""
+    def history(self, z_hist: torch.Tensor, lengths: torch.Tensor, towered: bool = False) -> torch.Tensor:
+        """(B, L, d_z) right-padded fused vectors -> h (B, L, D) with their position embeddings.
+        towered: z_hist already holds A_hist(z) (B, L, D), e.g. rows of A_hist applied once
+        to the catalogue, which costs N rows instead of B * L when histories repeat items."""
         B, L, _ = z_hist.shape
-        at = torch.arange(L, device=z_hist.device)[None, :]
-        pos = at.expand(B, L) if self.causal else (lengths[:, None] - 1 - at).clamp(min=0)  # from start / end
-        return self.hist_tower(z_hist) + self.position(pos.clamp(max=self.cfg.max_len - 1))
+        h = z_hist if towered else self.hist_tower(z_hist)
+        table = self.position.weight
+        if self.causal:  # counted from the start: the same row for every user, broadcast
+            at = torch.arange(L, device=h.device).clamp(max=self.cfg.max_len - 1)
+            return h + table[at]
+        at = torch.arange(L, device=h.device)[None, :]
+        pos = (lengths[:, None] - 1 - at).clamp(min=0, max=self.cfg.max_len - 1)  # counted from the end
+        return h + table.index_select(0, pos.flatten()).view(B, L, -1)
 
-    def users(self, z_hist: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, Explanation]:
+    def users(
+        self, z_hist: torch.Tensor, lengths: torch.Tensor, towered: bool = False
+    ) -> tuple[torch.Tensor, Explanation]:
         """u (B, D) for the histories z_hist (B, L, d_z) with lengths (B,) >= 1: the output at
         the last item, under the rule the model was trained with."""
-        u, ex = self.encode(z_hist, lengths, (lengths - 1)[:, None])
+        u, ex = self.encode(z_hist, lengths, (lengths - 1)[:, None], towered)
         return u[:, 0], ex
 
     def encode(
-        self, z_hist: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor
+        self, z_hist: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, towered: bool = False
     ) -> tuple[torch.Tensor, Explanation]:
         """The outputs (B, Q, D) at query positions qpos (B, Q), each < its user's length."""
         cfg, H = self.cfg, self.cfg.num_heads
-        h = self.history(z_hist, lengths)
+        h = self.history(z_hist, lengths, towered)
         B, L, D = h.shape
         q = h[torch.arange(B, device=h.device)[:, None], qpos]  # (B, Q, D)
         ex = Explanation()

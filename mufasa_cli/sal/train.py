@@ -106,10 +106,12 @@ def user_embeddings(
     model: SALEncoder, z: torch.Tensor, histories: list[np.ndarray], max_len: int, chunk: int = 256
 ) -> torch.Tensor:
     model.eval()
+    tower = model.hist_tower(z)  # A_hist once per item, not once per history position
     out = []
     for s in range(0, len(histories), chunk):
         ids, lengths = pad(histories[s : s + chunk], max_len)
-        out.append(model.users(z[ids.to(z.device)], lengths.to(z.device))[0])
+        rows = tower.index_select(0, ids.to(z.device).flatten()).view(*ids.shape, -1)  # (B, L, D)
+        out.append(model.users(rows, lengths.to(z.device), towered=True)[0])
     return torch.cat(out) if out else torch.zeros(0, model.cfg.d_model, device=z.device)
 
 
