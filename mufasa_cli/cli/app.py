@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import traceback
 from collections.abc import Callable
 from enum import StrEnum
@@ -74,6 +75,8 @@ def main_options(
     ] = False,
 ) -> None:
     _state["debug"] = debug
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 prints
+        render.out.quiet = render.err.quiet = True
 
 
 class Preset(StrEnum):
@@ -267,6 +270,8 @@ def fuse_train(
             force=force,
             on_step=render.training_progress(on_progress),
         )
+    if not manifest:  # a rank other than 0 under torchrun: rank 0 wrote and reports
+        return
     render.fuse_summary(manifest)
     render.out.print(f"wrote {run / 'fuse'}")
 
@@ -377,6 +382,8 @@ def align_train(
             on_step=render.training_progress(on_progress),
             kernel=kernel,
         )
+    if not manifest:  # a rank other than 0 under torchrun: rank 0 wrote and reports
+        return
     v = manifest["valid"]
     render.out.print(
         f"SAL ({sal.attention}{', without ' + ', '.join(sal.without) if sal.without else ''}, objective "

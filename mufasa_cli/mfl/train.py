@@ -28,6 +28,7 @@ from mufasa_cli.mfl import diagnostics
 from mufasa_cli.mfl.fusion import FusionNetwork
 from mufasa_cli.mfl.lightgcn import LightGCN, normalized_adjacency, sample_negatives
 from mufasa_cli.mfl.losses import cf_mse, fusion_infonce, title_consistency, title_infonce
+from mufasa_cli.runtime import dist
 from mufasa_cli.runtime.loop import OnStep, epoch_seed, fit, seed_everything
 
 STAGE = "fuse"
@@ -385,6 +386,7 @@ def run(
     on_step: OnStep | None = None,
 ) -> dict:
     started = time.perf_counter()
+    device = dist.setup(device)  # under torchrun: join the process group, one device per rank
     out_dir = run_dir / STAGE
     artifacts.check_writable(out_dir, force)
     data = load_data(run_dir)
@@ -398,14 +400,17 @@ def run(
         cf = CFResult(t["item_cf"], t["has_cf"], t["user_cf"], json.loads(artifacts.tensor_metadata(cf_ckpt)["report"]))
     if cf is None:
         cf = train_cf(data, cfg.cf, seed, device, ckpt_dir, resume, on_step)
-        artifacts.save_tensors(
-            cf_ckpt,
-            {"item_cf": cf.item_cf, "has_cf": cf.has_cf, "user_cf": cf.user_cf},
-            {"report": json.dumps(cf.report)},
-        )
+        if dist.is_main():
+            artifacts.save_tensors(
+                cf_ckpt,
+                {"item_cf": cf.item_cf, "has_cf": cf.has_cf, "user_cf": cf.user_cf},
+                {"report": json.dumps(cf.report)},
+            )
     model, mb, mfl_report = train_mfl(data, cf, cfg.mfl, seed, device, ckpt_dir, resume, on_step)
     z, z_title = mb.embed_all(model)
     diag = diagnostics.summarize(z, z_title, data, cf.item_cf / mb.cf_scale, cf.has_cf, seed)
+    if not dist.is_main():  # every rank holds the same weights; rank 0 writes them
+        return {}
 
     with artifacts.stage_writer(out_dir, force=force) as tmp:
         artifacts.save_tensors(tmp / CF_FILE, {"item_cf": cf.item_cf, "has_cf": cf.has_cf, "user_cf": cf.user_cf})
@@ -430,6 +435,7 @@ def run(
             wall_time_s=time.perf_counter() - started,
             extra={
                 "device": str(device),
+                "world_size": dist.world(),
                 "modalities": list(data.modalities),
                 "cf": {k: v for k, v in cf.report.items() if k != "history"},
                 "mfl": {k: v for k, v in mfl_report.items() if k != "history"},

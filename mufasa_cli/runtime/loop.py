@@ -1,5 +1,8 @@
 """The training loop every trainer shares.
 
+Under torchrun each rank trains on its share of every epoch's batches and the gradients are
+averaged across ranks after each backward (runtime/dist.py); only rank 0 writes checkpoints.
+
 Seeded and deterministic on CPU: epoch e draws its batch order and its random ops from
 seeds derived from (seed, e), never from state carried over from earlier epochs, so a run
 resumed from the checkpoint of epoch e-1 replays epoch e exactly as an uninterrupted run.
@@ -26,6 +29,7 @@ from torch import nn
 from mufasa_cli.artifacts import atomic_write_bytes
 from mufasa_cli.config import TrainConfig
 from mufasa_cli.errors import MufasaError
+from mufasa_cli.runtime import dist
 
 OnStep = Callable[[str, int, int, int, dict[str, float]], None]  # (name, epoch, step, steps, losses)
 
@@ -111,6 +115,7 @@ def fit(
     """
     started = time.perf_counter()
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    steps_per_epoch = -(-steps_per_epoch // dist.world())  # each rank's share
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, cfg.epochs * steps_per_epoch))
     fingerprint = {"name": name, "train": asdict(cfg), "seed": seed, **fingerprint}
@@ -129,7 +134,7 @@ def fit(
         start_epoch, best_metric, best_epoch = state["epoch"] + 1, state["best_metric"], state["best_epoch"]
         bad_evals, best_state, history = state["bad_evals"], state["best_state"], state["history"]
         resumed_from = state["epoch"]
-    elif checkpoint.exists():
+    elif checkpoint.exists() and dist.is_main():
         checkpoint.unlink()
 
     stopped_early = False
@@ -141,12 +146,13 @@ def fit(
         rng = np.random.default_rng(epoch_seed(seed, epoch, salt=1))
         sums: dict[str, float] = {}
         n = 0
-        for step, batch in enumerate(batches(rng)):
+        for step, batch in enumerate(dist.shard(batches(rng))):
             loss, parts = step_loss(batch)
             if not torch.isfinite(loss):
                 _diverged(name, epoch, step, parts, checkpoint, f"loss is {loss.item()}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            dist.average_gradients(params)
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if not torch.isfinite(norm):
                 _diverged(name, epoch, step, parts, checkpoint, f"gradient norm is {norm.item()}")
@@ -173,21 +179,22 @@ def fit(
         history.append(row)
         if on_epoch is not None:
             on_epoch(name, epoch, row)
-        _save(
-            checkpoint,
-            {
-                "fingerprint": fingerprint,
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "best_metric": best_metric,
-                "best_epoch": best_epoch,
-                "bad_evals": bad_evals,
-                "best_state": best_state,
-                "history": history,
-            },
-        )
+        if dist.is_main():
+            _save(
+                checkpoint,
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "best_metric": best_metric,
+                    "best_epoch": best_epoch,
+                    "bad_evals": bad_evals,
+                    "best_state": best_state,
+                    "history": history,
+                },
+            )
         if evaluate and bad_evals >= cfg.patience:
             stopped_early = True
             break

@@ -36,6 +36,7 @@ from mufasa_cli.errors import DataSchemaError
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.mfl.fusion import FusionNetwork
 from mufasa_cli.mfl.train import FUSED_FILE, MFL_FILE, load_mfl
+from mufasa_cli.runtime import dist
 from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
 from mufasa_cli.sal.loss import Negatives, in_batch, item_log_q, sampled_softmax_loss, uniform
 from mufasa_cli.sal.model import SALEncoder, resolve_kernel
@@ -211,6 +212,7 @@ def run_align(
 ) -> dict:
     started = time.perf_counter()
     kernel = resolve_kernel(kernel)
+    device = dist.setup(device)  # under torchrun: join the process group, one device per rank
     if kernel == "flex" and device.type != "cuda":
         raise RecipeError("--kernel flex trains on CUDA only (FlexAttention has no CPU backward); use fast")
     out_dir = run_dir / STAGE
@@ -303,6 +305,8 @@ def run_align(
     model.eval()
     metrics = valid_metrics()
     tau = model.tau().item()
+    if not dist.is_main():  # every rank holds the same weights; rank 0 writes them
+        return {}
     with artifacts.stage_writer(out_dir, force=force) as tmp:
         state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.sal.state_dict().items()}
         artifacts.save_tensors(
@@ -323,6 +327,7 @@ def run_align(
             wall_time_s=time.perf_counter() - started,
             extra={
                 "device": str(device),
+                "world_size": dist.world(),
                 "kernel": kernel,
                 "objective": cfg.sal.objective,
                 "tau": tau,
