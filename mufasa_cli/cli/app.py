@@ -75,8 +75,8 @@ def main_options(
     ] = False,
 ) -> None:
     _state["debug"] = debug
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 prints
-        render.out.quiet = render.err.quiet = True
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 prints (errors excepted)
+        render.out.quiet, render.show_progress = True, False
 
 
 class Preset(StrEnum):
@@ -426,9 +426,12 @@ def embed(
 ) -> None:
     """Write user embeddings (train users up to their test target, zero-shot users without their targets, --users
     sequences) and item embeddings for every item to RUN/embed/; or, with --explain, show one user's attention."""
+    from mufasa_cli.runtime import dist
     from mufasa_cli.runtime.device import resolve_device
     from mufasa_cli.sal import train as sal_train
 
+    if not dist.is_main():  # started by torchrun: embedding is one process's job, rank 0's
+        return
     if explain is not None:
         if users is not None:
             raise MufasaError("--explain and --users: choose one")

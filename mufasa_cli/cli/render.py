@@ -21,6 +21,7 @@ from mufasa_cli.eval import DISPLAY_NAMES
 
 out = Console()
 err = Console(stderr=True)
+show_progress = True  # off on the ranks other than 0 under torchrun
 
 
 def error_line(message: str) -> None:
@@ -48,6 +49,8 @@ def progress() -> Iterator[Callable[..., None]]:
     tasks: dict[str, int] = {}
 
     def on_progress(name: str, done: int, total: int, text: str | None = None) -> None:
+        if not show_progress:
+            return
         if not tasks:
             bars.start()
         if name not in tasks:

@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -14,18 +16,26 @@ from mufasa_cli.runtime import dist
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch without distributed")
 
 
-def torchrun(*args) -> subprocess.CompletedProcess:
+def _command(*args) -> tuple[list[str], dict]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([*cmd, "-m", "mufasa_cli", *map(str, args)], capture_output=True, text=True, env=env)
+    return [*cmd, "-m", "mufasa_cli", *map(str, args)], {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def test_two_processes_train_both_stages_and_only_rank_0_writes_and_prints(tiny_run, tmp_path):
-    run = tmp_path / "run"
+def torchrun(*args) -> subprocess.CompletedProcess:
+    cmd, env = _command(*args)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+def _fused_copy(tiny_run, run):
     run.mkdir()
     os.symlink(tiny_run / "data", run / "data", target_is_directory=True)
     fused = torchrun("fuse-train", run, "--epochs", "3", "--cf-epochs", "5")
     assert fused.returncode == 0, fused.stderr[-2000:]
+    return run
+
+
+def test_two_processes_train_both_stages_and_only_rank_0_writes_and_prints(tiny_run, tmp_path):
+    run = _fused_copy(tiny_run, tmp_path / "run")
     aligned = torchrun("align-train", run, "--epochs", "4", "--batch-size", "8")
     assert aligned.returncode == 0, aligned.stderr[-2000:]
     assert aligned.stdout.count("wrote") == 1  # one rank printed
@@ -62,3 +72,23 @@ def test_without_torchrun_everything_is_one_process(monkeypatch):
     p.grad = torch.tensor([1.0, 2.0])
     dist.average_gradients([p])
     assert p.grad.tolist() == [1.0, 2.0]
+
+
+def test_a_killed_two_process_run_resumes_from_its_checkpoint(tiny_run, tmp_path):
+    run = _fused_copy(tiny_run, tmp_path / "run")
+    flags = ("align-train", run, "--epochs", "60", "--batch-size", "2")
+    cmd, env = _command(*flags)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    checkpoint = run / ".align.ckpt" / "sal.pt"
+    deadline = time.monotonic() + 120
+    while not checkpoint.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher ...
+    subprocess.run(["pkill", "-9", "-f", f"align-train {run} "], check=False)  # ... and its workers (own sessions)
+    proc.wait()
+    time.sleep(0.5)
+    assert checkpoint.is_file() and not (run / "align").exists()
+    resumed = torchrun(*flags, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    manifest = artifacts.verify_stage(run / "align")
+    assert manifest["resumed_after_epoch"] >= 1 and manifest["world_size"] == 2
