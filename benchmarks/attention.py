@@ -154,9 +154,8 @@ def embed_point(setting: str, length: int, batch: int, dim: int, repeat: int, de
     return {"seconds": seconds, "history_bytes": batch * length * dim * 4}
 
 
-def run_point(args, variant: str, setting: str, objective: str, length: int) -> dict:
-    batch = max(1, args.budget // length)
-    row = {"variant": variant, "setting": setting, "objective": objective, "L": length, "B": batch}
+def _child(args, row: dict, variant: str, setting: str, objective: str, length: int, batch: int) -> dict:
+    """Run one point in a fresh process: row + its JSON result, or row marked as not fitting."""
     cmd = [sys.executable, __file__, "--child", variant, setting, objective, str(length), str(batch)]
     cmd += ["--dim", str(args.dim), "--repeat", str(args.repeat), "--device", args.device]
     try:
@@ -173,28 +172,20 @@ def run_point(args, variant: str, setting: str, objective: str, length: int) -> 
     return {**row, "fits": True, **json.loads(out.stdout.strip().splitlines()[-1])}
 
 
+def run_point(args, variant: str, setting: str, objective: str, length: int) -> dict:
+    batch = max(1, args.budget // length)
+    row = {"variant": variant, "setting": setting, "objective": objective, "L": length, "B": batch}
+    return _child(args, row, variant, setting, objective, length, batch)
+
+
 def embed_row(args, setting: str, length: int, bandwidth: float) -> dict:
     """One embed point; of_bound = (history bytes / copy bandwidth) / measured seconds."""
     batch = max(1, args.embed_budget // length)
-    row = {"setting": setting, "L": length, "B": batch}
-    cmd = [sys.executable, __file__, "--child", "embed", setting, "last", str(length), str(batch)]
-    cmd += ["--dim", str(args.dim), "--repeat", str(args.repeat), "--device", args.device]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {**row, "fits": False, "why": f"over {args.timeout} s"}
-    if out.returncode != 0:
-        return {**row, "fits": False, "why": (out.stderr.strip().splitlines() or ["killed"])[-1][:80]}
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _child(args, {"setting": setting, "L": length, "B": batch}, "embed", setting, "last", length, batch)
+    if not r["fits"]:
+        return r
     gb_per_s = r["history_bytes"] / r["seconds"] / 1e9
-    return {
-        **row,
-        "fits": True,
-        **r,
-        "users_per_s": batch / r["seconds"],
-        "gb_per_s": gb_per_s,
-        "of_bound": gb_per_s / bandwidth,
-    }
+    return {**r, "users_per_s": batch / r["seconds"], "gb_per_s": gb_per_s, "of_bound": gb_per_s / bandwidth}
 
 
 def add_ratios(rows: list[dict]) -> None:
