@@ -94,8 +94,3 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()

@@ -5,8 +5,9 @@ Where the time of the reference goes (profile of objective `all`, L = 8192, 2 us
 made by permuting per-query keys for tiny batched matmuls, a full sort for top-k, two
 full-size `where`s per softmax, and gathers / scatters of single items. What this path does
 instead:
-- Masking: one masked_fill with the dtype's minimum, then a multiply by "the row has a key"
-  (a row with no key gets weights 0, never NaN), instead of -inf plus two `where`s.
+- Masking: one masked_fill with the dtype's minimum instead of -inf plus two `where`s; only
+  when some row has no key at all is there a multiply by "the row has a key" (such a row gets
+  weights 0, never NaN).
 - Per-query keys (window and selective): scores as a broadcast multiply-and-sum over the
   head dimension in the (B, Q, S, H, dh) layout the gather yields: no permute, no copy.
 - Dense causal queries (objective `all`, every position a query): the window branch is
@@ -30,6 +31,8 @@ import math
 
 import torch
 from torch.nn import functional as F
+
+from mufasa_cli.sal.attention import visible_blocks
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -194,13 +197,12 @@ def causal_block_attention(
     chunk = max(every, chunk // every * every)
     qh = heads(q / math.sqrt(dh), H)  # (B, H, L, dh), the scale folded into q
     kh, vh = heads(k, H), heads(v, H)  # (B, H, nB, dh)
-    complete_at = (torch.arange(nB, device=q.device) + 1) * block_size - 1  # (nB,)
     outs, weights = [], []
     for start in range(0, L, chunk):
         end = min(start + chunk, L)
         nb = min(nB, end // block_size)  # blocks complete by position end - 1
         pos = torch.arange(start, end, device=q.device)
-        mask = (complete_at[:nb] <= pos[:, None])[None] & block_mask[:, None, :nb]  # (B, end-start, nb)
+        mask = visible_blocks(block_mask[:, :nb], pos.expand(B, -1), block_size, causal=True)  # (B, end-start, nb)
         w = masked_softmax(qh[:, :, start:end] @ kh[:, :, :nb].transpose(-1, -2), mask[:, None])
         outs.append(w @ vh[:, :, :nb])  # (B, H, end-start, dh)
         weights.append(F.pad(w[:, :, ::every].mean(1), (0, nB - nb)))

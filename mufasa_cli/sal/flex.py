@@ -26,6 +26,7 @@ import math
 
 import torch
 
+from mufasa_cli.sal.attention import visible_blocks
 from mufasa_cli.sal.fast import heads, masked_softmax, merge_heads
 
 TILE = 128  # FlexAttention's tile (BLOCK_SIZE); the masks are exact below it
@@ -96,11 +97,10 @@ def block_weights(
     B, P, D = q.shape
     dh = D // num_heads
     kh = heads(k, num_heads)
-    complete_at = (torch.arange(k.shape[1], device=q.device) + 1) * block_size - 1
     out = []
     for start in range(0, P, chunk):
         qh = heads(q[:, start : start + chunk] / math.sqrt(dh), num_heads)
-        visible = (complete_at <= positions[start : start + chunk, None])[None] & block_mask[:, None]
+        visible = visible_blocks(block_mask, positions[start : start + chunk].expand(B, -1), block_size, causal=True)
         out.append(masked_softmax(qh @ kh.transpose(-1, -2), visible[:, None]).mean(1))
     return torch.cat(out, 1)
 

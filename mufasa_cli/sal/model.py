@@ -150,6 +150,15 @@ class SALEncoder(nn.Module):
     def _windows(self, qpos: torch.Tensor) -> torch.Tensor:
         return torch.full_like(qpos, self.cfg.window) if self.cfg.window else paper_window_sizes(qpos + 1)
 
+    def _leaders(
+        self, h: torch.Tensor, qpos: torch.Tensor, block_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """selection query_block: for each query, its query block's first query, whose top-k it
+        uses: that query's vector (B, Q, D) and the blocks visible to it (B, Q, nB)."""
+        lead = qpos // self.cfg.block_size * self.cfg.block_size
+        q_lead = h[torch.arange(len(h), device=h.device)[:, None], lead]
+        return q_lead, visible_blocks(block_mask, lead, self.cfg.block_size, self.causal)
+
     def _reference(
         self, h: torch.Tensor, q: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, ex: Explanation
     ) -> dict[str, torch.Tensor]:
@@ -169,9 +178,7 @@ class SALEncoder(nn.Module):
         if "selective" in self.branches:
             a_block = ex.block_weights
             if cfg.selection == "query_block":  # every query ranks by its query block's first query
-                lead = qpos // cfg.block_size * cfg.block_size
-                visible = visible_blocks(block_mask, lead, cfg.block_size, self.causal)
-                q_lead = h[torch.arange(len(h), device=h.device)[:, None], lead]
+                q_lead, visible = self._leaders(h, qpos, block_mask)
                 p = self.proj["block"]
                 a_block = block_attention(p.q(q_lead), p.k(blocks), p.v(blocks), visible, H)[1]
             p = self.proj["selective"]
@@ -218,9 +225,7 @@ class SALEncoder(nn.Module):
         if "selective" in self.branches:
             a_block = ex.block_weights  # with shared selection and dense queries: already per query block
             if shared and not dense:
-                lead = qpos // b * b
-                visible = visible_blocks(block_mask, lead, b, self.causal)
-                q_lead = h[torch.arange(len(h), device=h.device)[:, None], lead]
+                q_lead, visible = self._leaders(h, qpos, block_mask)
                 p = self.proj["block"]
                 a_block = fast.attend_shared(p.q(q_lead), p.k(blocks), p.v(blocks), visible, H)[1].mean(1)
             p = self.proj["selective"]
