@@ -301,7 +301,7 @@ def table_columns(result: Mapping) -> list[str]:
     return [f"{m}@{k}" for k in ks if k in (10, 20) for m in ("HR", "NDCG")] or [f"HR@{ks[0]}", f"NDCG@{ks[0]}"]
 
 
-def _label(name: str, params: int) -> str:
+def model_label(name: str, params: int) -> str:
     return (
         f"{DISPLAY_NAMES.get(name, name)}-{params / 1e6:.1f}M"
         if params >= 50_000
@@ -323,7 +323,7 @@ def eval_rows(result: Mapping) -> tuple[list[str], list[tuple[str, list[float], 
             and m["mean"][c] > result["models"][result["strongest_baseline"]]["mean"][c]
             for c in cols
         ]
-        rows.append((_label(name, m["params"]), values, sig))
+        rows.append((model_label(name, m["params"]), values, sig))
     return cols, rows
 
 
