@@ -21,7 +21,8 @@ NDCG@10 against 1.10 × the best baseline's.
     python benchmarks/quality.py synthetic --preset tiny --seeds 0,1 --recipe R.yaml   # the test's run
 
 Writes RUN/quality.md (the table) and RUN/quality.json (means, stds, per-seed values,
-p-values, wall times); prints the table.
+p-values, wall times), or RUN/quality-keep-seen.* with --keep-seen; prints the table. With
+--keep-seen on a finished run only `eval` runs again (the trained models are reused).
 """
 
 from __future__ import annotations
@@ -263,10 +264,11 @@ def main(argv: list[str] | None = None) -> int:
     summary["command"] = " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
     summary["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     text = markdown(summary, f"{opts.dataset} ({summary['date']}, {os.cpu_count()} CPU cores)")
-    (out / "quality.md").write_text(text)
-    (out / "quality.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    stem = "quality-keep-seen" if opts.keep_seen else "quality"
+    (out / f"{stem}.md").write_text(text)
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     print(text, end="")
-    print(f"wrote {out / 'quality.md'} and {out / 'quality.json'} ({summary['wall_s']:.0f} s)")
+    print(f"wrote {out / stem}.md and {out / stem}.json ({summary['wall_s']:.0f} s)")
     return 0
 
 

@@ -100,6 +100,12 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((out / "quality.json").read_text())["walls_s"] == {"0": {}, "1": {}}  # nothing re-run
     assert (out / "quality.md").read_text() == table
+    seen = subprocess.run([*args, "--keep-seen"], capture_output=True, text=True, cwd=SCRIPT.parents[1])
+    assert seen.returncode == 0, seen.stderr[-2000:]
+    kept = json.loads((out / "quality-keep-seen.json").read_text())
+    assert kept["keep_seen"] and set(kept["walls_s"]["0"]) == {"eval"}  # only eval ran again
+    assert "seen items kept" in (out / "quality-keep-seen.md").read_text()
+    assert (out / "quality.md").read_text() == table
 
 
 def test_quality_benchmark_needs_a_source_for_real_data(tmp_path):
