@@ -163,7 +163,7 @@ def markdown(summary: dict, title: str) -> str:
     def cell(name: str, c: str) -> str:
         m = table[name]
         mean = round(m["mean"][c], 4)
-        text = f"{mean:.4f} ± {m['std'][c]:.4f}"
+        text = f"{mean:.4f} ± {m['std'][c]:.4f}" if len(summary["seeds"]) > 1 else f"{mean:.4f}"
         if name == "mufasa" and strongest and summary["p_values"][c] < 0.05 and mean > table[strongest]["mean"][c]:
             text += "*"
         if mean == order[c][0]:
@@ -173,9 +173,10 @@ def markdown(summary: dict, title: str) -> str:
         return text
 
     seen = "seen items kept" if summary["keep_seen"] else "seen items masked"
+    seeds = ", ".join(map(str, summary["seeds"]))
+    spread = f"mean ± std over seeds {seeds}" if len(summary["seeds"]) > 1 else f"one seed ({seeds}): no spread"
     lines = [
-        f"{title}: test, {summary['users']:,} users, {seen}, mean ± std over seeds "
-        f"{', '.join(map(str, summary['seeds']))}",
+        f"{title}: test, {summary['users']:,} users, {seen}, {spread}",
         "",
         "| Model | " + " | ".join(COLUMNS) + " |",
         "|---|" + "---|" * len(COLUMNS),

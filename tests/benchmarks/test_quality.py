@@ -113,3 +113,12 @@ def test_quality_benchmark_needs_a_source_for_real_data(tmp_path):
         [sys.executable, str(SCRIPT), "ml-100k", "--out", str(tmp_path / "q")], capture_output=True, text=True
     )
     assert out.returncode != 0 and "ml-100k needs --source" in out.stderr
+
+
+def test_one_seed_prints_means_without_a_spread():
+    q = _module()
+    params = {"mufasa": 300_000, "sasrec": 1_300_000}
+    s = q.summarize({0: _result({"mufasa": [1, 0, 0.5, 0], "sasrec": [0, 0, 0.5, 0]}, params)}, "ttest")
+    text = q.markdown(s, "toy")
+    assert "one seed (0): no spread" in text and "±" not in text
+    assert "| MUFASA-0.3M | **0.3750** |" in text
