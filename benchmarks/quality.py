@@ -107,14 +107,22 @@ def _covers(metrics: Path, opts: argparse.Namespace) -> bool:
     return set(result["models"]) == wanted and result["keep_seen"] == opts.keep_seen and result["test"] == opts.test
 
 
+def _row_order(name: str) -> tuple[int, str]:
+    """MUFASA first, then the baselines in the order of `mufasa eval`'s tables."""
+    from mufasa_cli.eval import DISPLAY_NAMES
+
+    names = list(DISPLAY_NAMES)
+    return (names.index(name) if name in names else len(names), name)
+
+
 def summarize(results: dict[int, dict], test: str) -> dict:
     """Means, stds and per-seed values of every model; the paired test of MUFASA against the
     strongest baseline over users, each user's metric averaged over the seeds."""
     seeds = sorted(results)
-    models = list(results[seeds[0]]["models"])
+    models = sorted(results[seeds[0]]["models"], key=_row_order)
     users = results[seeds[0]]["users"]
     for s in seeds[1:]:
-        if results[s]["users"] != users or list(results[s]["models"]) != models:
+        if results[s]["users"] != users or sorted(results[s]["models"], key=_row_order) != models:
             raise ValueError(f"seed {s} evaluated other users or models than seed {seeds[0]}")
     table = {}
     for name in models:

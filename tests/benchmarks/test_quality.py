@@ -53,6 +53,8 @@ def test_summary_means_stds_and_the_paired_test_over_seed_averaged_users():
     t = d.mean() / (d.std(ddof=1) / math.sqrt(4))
     assert s["p_values"]["NDCG@10"] == pytest.approx(2 * stats.t.sf(t, 3))
     text = q.markdown(s, "toy")
+    labels = [line.split(" |")[0] for line in text.splitlines() if line.startswith("| ") and "M | " in line]
+    assert labels == ["| MUFASA-0.3M", "| SASRec-1.3M", "| DSSM-0.04M"]  # MUFASA first, then eval's order
     row = next(line for line in text.splitlines() if line.startswith("| MUFASA-0.3M"))
     assert "**0.3750 ± 0.0000**" in row and "*" not in row.replace("**", "")  # p ≈ 0.27: no star
     assert "<u>0.1250 ± 0.0000</u>" in next(line for line in text.splitlines() if line.startswith("| SASRec-1.3M"))
