@@ -21,7 +21,7 @@ NDCG@10 against 1.10 × the best baseline's.
     python benchmarks/quality.py synthetic --preset tiny --seeds 0,1 --recipe R.yaml   # the test's run
 
 Writes RUN/quality.md (the table) and RUN/quality.json (means, stds, per-seed values,
-p-values, wall times), or RUN/quality-keep-seen.* with --keep-seen; prints the table. With
+p-values, the training time of every stage and baseline from their manifests), or RUN/quality-keep-seen.* with --keep-seen; prints the table. With
 --keep-seen on a finished run only `eval` runs again (the trained models are reused).
 """
 
@@ -105,6 +105,20 @@ def _covers(metrics: Path, opts: argparse.Namespace) -> bool:
     result = json.loads(metrics.read_text())
     wanted = {"mufasa", *opts.compare.split(",")}
     return set(result["models"]) == wanted and result["keep_seen"] == opts.keep_seen and result["test"] == opts.test
+
+
+def stage_walls(run: Path) -> dict[str, float]:
+    """Wall seconds of each stage and baseline training, as their manifests recorded them
+    (whenever they ran: this call or an earlier one)."""
+    folders = [run / n for n in ("data", "fuse", "align", "embed")]
+    folders += sorted((run / "baselines").glob("*")) if (run / "baselines").is_dir() else []
+    walls = {}
+    for folder in folders:
+        if _done(folder):
+            wall = json.loads((folder / "manifest.json").read_text()).get("wall_time_s")
+            if wall is not None:
+                walls[folder.name] = round(float(wall), 1)
+    return walls
 
 
 def _row_order(name: str) -> tuple[int, str]:
@@ -268,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     results = {s: json.loads((runs[s] / "eval" / "loo" / "metrics.json").read_text()) for s in seeds}
     summary = summarize(results, opts.test)
+    summary["train_s"] = {str(s): stage_walls(runs[s]) for s in seeds}
     summary["walls_s"] = {str(s): {k: round(v, 1) for k, v in w.items()} for s, w in walls.items()}
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     summary["command"] = " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])

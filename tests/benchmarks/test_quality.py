@@ -87,6 +87,7 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
         assert label in table, label
     summary = json.loads((out / "quality.json").read_text())
     assert summary["seeds"] == [0, 1] and set(summary["walls_s"]["0"]) == {"fuse", "align", "embed", "eval"}
+    assert set(summary["train_s"]["1"]) == {"data", "fuse", "align", "embed", "sasrec"}
     for seed in (0, 1):
         metrics = json.loads((out / f"seed{seed}" / "eval" / "loo" / "metrics.json").read_text())
         for name in ("mufasa", "sasrec", "lightgcn"):
