@@ -7,7 +7,9 @@ seed ranks the same split):
     mufasa eval --protocol loo --compare BASELINES --seed s
 Every model is selected on validation alone (each stage early-stops on valid NDCG@10); the test
 targets are read once per trained model, by that seed's `eval`. A stage whose folder is already
-complete is reused, so an interrupted run picks up where it stopped (`--force` redoes all).
+complete is reused, so an interrupted run picks up where it stopped. A reused stage is not
+checked against the recipe: after changing the recipe, pass `--force` (redoes all) or delete
+the stages it touches.
 
 The table: mean ± sample std over the seeds of each model's test HR@10, NDCG@10, HR@20 and
 NDCG@20, best mean bold, second underlined. Significance: each user's metric is averaged over
@@ -103,7 +105,7 @@ def run_seed(run: Path, seed: int, opts: argparse.Namespace, threads: int) -> di
 def _covers(metrics: Path, opts: argparse.Namespace) -> bool:
     """Whether an existing eval result is the one asked for (same models and masking)."""
     result = json.loads(metrics.read_text())
-    wanted = {"mufasa", *opts.compare.split(",")}
+    wanted = {"mufasa", *(c.strip() for c in opts.compare.split(",") if c.strip())}
     return set(result["models"]) == wanted and result["keep_seen"] == opts.keep_seen and result["test"] == opts.test
 
 
