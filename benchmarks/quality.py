@@ -112,12 +112,14 @@ def _covers(metrics: Path, opts: argparse.Namespace) -> bool:
 def stage_walls(run: Path) -> dict[str, float]:
     """Wall seconds of each stage and baseline training, as their manifests recorded them
     (whenever they ran: this call or an earlier one)."""
+    from mufasa_cli import artifacts
+
     folders = [run / n for n in ("data", "fuse", "align", "embed")]
     folders += sorted((run / "baselines").glob("*")) if (run / "baselines").is_dir() else []
     walls = {}
     for folder in folders:
         if _done(folder):
-            wall = json.loads((folder / "manifest.json").read_text()).get("wall_time_s")
+            wall = artifacts.read_manifest(folder).get("wall_time_s")
             if wall is not None:
                 walls[folder.name] = round(float(wall), 1)
     return walls
@@ -159,9 +161,8 @@ def summarize(results: dict[int, dict], test: str) -> dict:
             ours = np.mean([results[s]["per_user"]["mufasa"][c] for s in seeds], axis=0)
             theirs = np.mean([results[s]["per_user"][strongest][c] for s in seeds], axis=0)
             p_values[c] = paired_p(ours, theirs, test)
-    ratio = table["mufasa"]["mean"][MAIN] / table[strongest]["mean"][MAIN] if strongest else None
-    if ratio is not None and not np.isfinite(ratio):
-        ratio = None  # the strongest baseline scored 0: no ratio to report
+    best = table[strongest]["mean"][MAIN] if strongest else 0.0
+    ratio = table["mufasa"]["mean"][MAIN] / best if best > 0 else None  # none without a scoring baseline
     return {
         "seeds": seeds,
         "users": len(users),
@@ -177,7 +178,7 @@ def summarize(results: dict[int, dict], test: str) -> dict:
 
 
 def markdown(summary: dict, title: str) -> str:
-    from mufasa_cli.cli.render import model_label
+    from mufasa_cli.cli.render import emphasize, model_label
     from mufasa_cli.eval import DISPLAY_NAMES
 
     table = summary["models"]
@@ -190,11 +191,7 @@ def markdown(summary: dict, title: str) -> str:
         text = f"{mean:.4f} ± {m['std'][c]:.4f}" if len(summary["seeds"]) > 1 else f"{mean:.4f}"
         if name == "mufasa" and strongest and summary["p_values"][c] < 0.05 and mean > table[strongest]["mean"][c]:
             text += "*"
-        if mean == order[c][0]:
-            return f"**{text}**"
-        if len(order[c]) > 1 and mean == order[c][1]:
-            return f"<u>{text}</u>"
-        return text
+        return emphasize(text, mean, order[c], "**{}**", "<u>{}</u>")
 
     seen = "seen items kept" if summary["keep_seen"] else "seen items masked"
     seeds = ", ".join(map(str, summary["seeds"]))

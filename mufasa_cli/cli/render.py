@@ -301,6 +301,16 @@ def table_columns(result: Mapping) -> list[str]:
     return [f"{m}@{k}" for k in ks if k in (10, 20) for m in ("HR", "NDCG")] or [f"HR@{ks[0]}", f"NDCG@{ks[0]}"]
 
 
+def emphasize(text: str, value: float, ranks: list[float], bold: str, under: str) -> str:
+    """A table cell: `bold` for the column's best value, `under` for its second; ranks are the
+    column's distinct values, best first."""
+    if value == ranks[0]:
+        return bold.format(text)
+    if len(ranks) > 1 and value == ranks[1]:
+        return under.format(text)
+    return text
+
+
 def model_label(name: str, params: int) -> str:
     return (
         f"{DISPLAY_NAMES.get(name, name)}-{params / 1e6:.1f}M"
@@ -338,13 +348,7 @@ def eval_table(result: Mapping, fmt: str) -> None:
     order = {c: sorted({r[1][i] for r in rows}, reverse=True) for i, c in enumerate(cols)}
 
     def cell(i: int, value: float, sig: bool, bold: str, under: str) -> str:
-        text = f"{value:.4f}{'*' if sig else ''}"
-        ranks = order[cols[i]]
-        if value == ranks[0]:
-            return bold.format(text)
-        if len(ranks) > 1 and value == ranks[1]:
-            return under.format(text)
-        return text
+        return emphasize(f"{value:.4f}{'*' if sig else ''}", value, order[cols[i]], bold, under)
 
     split = ", global-time split" if result.get("split") == "global-time" else ""
     title = f"{result['protocol']}{split}: {result['cases']:,} users, {result['pairs']:,} targets" + (
@@ -408,14 +412,7 @@ def ablation_table(title: str, rows: list[tuple[str, Mapping]], fmt: str) -> Non
     order = [sorted({v[i] for v in values}, reverse=True) for i in range(len(cols))]
 
     def cell(i: int, x: float, bold: str, under: str) -> str:
-        text = f"{x:.4f}"
-        return (
-            bold.format(text)
-            if x == order[i][0]
-            else under.format(text)
-            if len(order[i]) > 1 and x == order[i][1]
-            else text
-        )
+        return emphasize(f"{x:.4f}", x, order[i], bold, under)
 
     protocol = rows[0][1]["protocol"]
     if fmt == "md":
