@@ -206,6 +206,9 @@ class AlignConfig:
     in_batch_negatives: int = 2048  # objective all: the batch's targets used as negatives, at most this many
     finetune_mfl: bool = False  # train the MFL with the SAL, its four losses as auxiliary terms
     mfl_weight: float = 0.5  # weight of the MFL losses when finetuning
+    # beyond the paper: a trainable per-item vector added to z (zero at the start) for the items
+    # trained on, so the SAL can learn what content alone does not say; cold items keep their z
+    item_ids: bool = False
     # `last` sees one target per user per epoch: many short epochs, validated every 5
     train: TrainConfig = TrainConfig(epochs=150, batch_size=128, lr=3e-3, patience=6, eval_every=5)
     # `all` sees every next item of every user each epoch: few long epochs, validated each one

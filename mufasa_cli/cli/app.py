@@ -322,6 +322,14 @@ def align_train(
             help="Train the MFL with the SAL (its four losses kept as auxiliary terms) instead of freezing z.",
         ),
     ] = None,
+    item_ids: Annotated[
+        bool | None,
+        typer.Option(
+            "--item-ids/--no-item-ids",
+            help="Beyond the paper: add a trainable vector per item trained on (zero at the start) to its z; "
+            "cold items keep their content z.",
+        ),
+    ] = None,
     uniform_negatives: Annotated[
         int | None, typer.Option(help="Extra negatives per batch drawn uniformly from the catalogue.")
     ] = None,
@@ -366,6 +374,7 @@ def align_train(
         learn_tau=learn_tau,
         uniform_negatives=uniform_negatives,
         finetune_mfl=finetune_mfl,
+        item_ids=item_ids,
     )
     schedule = "train_all" if sal.objective == "all" else "train"
     cfg = dataclasses.replace(

@@ -61,6 +61,10 @@ def mufasa_vectors(run_dir: Path, cases: Cases) -> Vectors:
             f"{embed_dir / 'users.safetensors'}: no embedding for user {missing[0]} (re-run mufasa embed)"
         )
     params = _count(run_dir / "align" / "sal.safetensors")
+    ids = run_dir / "align" / "item_ids.safetensors"
+    if ids.is_file():  # align-train --item-ids: one trained vector per item trained on
+        t = artifacts.load_tensors(ids, {})
+        params += int(t["has_id"].sum()) * t["emb"].shape[1]
     for mfl in (run_dir / "align" / "mfl.safetensors", run_dir / "fuse" / "mfl.safetensors"):
         if mfl.is_file():  # finetuned in align/, else fuse/'s; none for the w/o-MFL ablation
             params += _count(mfl)

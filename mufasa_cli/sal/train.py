@@ -11,7 +11,9 @@ user's train items masked): history = all train items, target = the valid item.
 z, the fused item vectors, is frozen by default. With `finetune_mfl` the fusion network of
 RUN/fuse is trained too: each step encodes the batch's items afresh and adds its four losses
 (eq. 5) on them, weighted by `mfl_weight`; the new z is written to RUN/align/fused.safetensors
-and `embed` uses it.
+and `embed` uses it. With `item_ids` (beyond the paper) every item trained on gets a
+trainable vector, zero at the start, added to its z; the sum is what the SAL reads and what is
+written to RUN/align/fused.safetensors, the vectors themselves to RUN/align/item_ids.safetensors.
 
 Legend: U users, N items, L history length, R queries in a batch, d_z fused width, D SAL width.
 """
@@ -44,6 +46,7 @@ from mufasa_cli.sal.model import SALEncoder, resolve_kernel
 STAGE = "align"
 SAL_FILE = "sal.safetensors"
 USERS_FILE, ITEMS_FILE = "users.safetensors", "items.safetensors"
+IDS_FILE = "item_ids.safetensors"
 EXTERNAL_FILE, EXTERNAL_TABLE = "external.safetensors", "external.parquet"
 TAU_RANGE = (0.01, 1.0)
 
@@ -117,12 +120,24 @@ def user_embeddings(
 
 
 class Aligner(nn.Module):
-    """What align-train optimises: the SAL, log(tau), and the fusion network when finetuned."""
+    """What align-train optimises: the SAL, log(tau), the fusion network when finetuned, and
+    the item-id vectors (N, d_z) when `item_ids`, kept at zero for the items in `ids_for`."""
 
-    def __init__(self, sal: SALEncoder, tau: float, learn_tau: bool, fusion: FusionNetwork | None):
+    def __init__(
+        self,
+        sal: SALEncoder,
+        tau: float,
+        learn_tau: bool,
+        fusion: FusionNetwork | None,
+        ids_for: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.sal = sal
         self.fusion = fusion
+        self.ids = None
+        if ids_for is not None:  # (N,) bool: which items get a vector
+            self.ids = nn.Parameter(torch.zeros(len(ids_for), sal.item_tower[0].in_features))
+            self.register_buffer("has_id", ids_for.float()[:, None])
         log_tau = torch.tensor(math.log(tau))
         if learn_tau:
             self.log_tau = nn.Parameter(log_tau)
@@ -131,6 +146,14 @@ class Aligner(nn.Module):
 
     def tau(self) -> torch.Tensor:
         return self.log_tau.clamp(math.log(TAU_RANGE[0]), math.log(TAU_RANGE[1])).exp()
+
+    def with_ids(self, z: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """z of `items` (all items when None) plus their id vectors, when there are any."""
+        if self.ids is None:
+            return z
+        if items is None:
+            return z + self.ids * self.has_id
+        return z + self.ids[items] * self.has_id[items]
 
 
 @dataclass
@@ -224,7 +247,11 @@ def run_align(
     N = data.num_items
     seed_everything(seed)
     fusion, mb = load_mfl(run_dir, device) if cfg.finetune_mfl else (None, None)
-    model = Aligner(SALEncoder(z_np.shape[1], cfg.sal), cfg.tau, cfg.learn_tau, fusion).to(device)
+    ids_for = None
+    if cfg.item_ids:  # the items trained on; cold ones keep their content z
+        ids_for = torch.zeros(N, dtype=torch.bool)
+        ids_for[torch.as_tensor(np.concatenate(data.train_seqs))] = True
+    model = Aligner(SALEncoder(z_np.shape[1], cfg.sal), cfg.tau, cfg.learn_tau, fusion, ids_for).to(device)
     model.sal.kernel = kernel
     frozen_z = torch.as_tensor(z_np, device=device)
     log_p = item_log_q(torch.as_tensor(np.concatenate(data.train_seqs)), N).to(device)
@@ -233,7 +260,7 @@ def run_align(
     batches = make(data, train_cfg.batch_size, cfg.sal.max_len, device)
 
     def item_vectors(items: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(unique items, their z) for the ids in `items`; z recomputed when finetuning."""
+        """(unique items, their content z) for the ids in `items`; z recomputed when finetuning."""
         unique = torch.unique(items)
         if fusion is None:
             return unique, frozen_z[unique]
@@ -243,7 +270,8 @@ def run_align(
         ids, lengths, qpos, targets = batch
         real = targets >= 0
         extra = torch.randint(0, N, (cfg.uniform_negatives,), device=device)
-        unique, z_u = item_vectors(torch.cat([ids.flatten(), targets[real], extra]), True)
+        unique, content = item_vectors(torch.cat([ids.flatten(), targets[real], extra]), True)
+        z_u = model.with_ids(content, unique)
         local = lambda x: torch.searchsorted(unique, x)  # noqa: E731  item id -> row of z_u
         out, _ = model.sal.encode(z_u[local(ids)], lengths, qpos)
         u, t = out[real], targets[real]  # (R, D), (R,)
@@ -261,7 +289,7 @@ def run_align(
         loss = sampled_softmax_loss(u, e, t, own, negatives, model.tau())
         shown = {"softmax": loss.item()}
         if fusion is not None and cfg.mfl_weight > 0:
-            aux, mfl_parts = mb.loss(fusion, unique, True, z=z_u)
+            aux, mfl_parts = mb.loss(fusion, unique, True, z=content)  # eq. 5 on the fused z alone
             loss = loss + cfg.mfl_weight * aux
             shown["mfl"] = mfl_parts["total"]
         if cfg.learn_tau:
@@ -272,7 +300,8 @@ def run_align(
 
     @torch.no_grad()
     def current_z() -> torch.Tensor:
-        return frozen_z if fusion is None else torch.as_tensor(mb.embed_all(fusion)[0], device=device)
+        z = frozen_z if fusion is None else torch.as_tensor(mb.embed_all(fusion)[0], device=device)
+        return model.with_ids(z)
 
     def valid_metrics() -> dict[str, float]:
         z = current_z()
@@ -316,6 +345,10 @@ def run_align(
             fstate = {k: v.detach().cpu().contiguous().numpy() for k, v in fusion.state_dict().items()}
             meta = artifacts.tensor_metadata(run_dir / "fuse" / MFL_FILE)
             artifacts.save_tensors(tmp / MFL_FILE, fstate, meta)
+        if model.ids is not None:
+            ids = (model.ids * model.has_id).detach().cpu().numpy()
+            artifacts.save_tensors(tmp / IDS_FILE, {"emb": ids, "has_id": model.has_id[:, 0].bool().cpu().numpy()})
+        if fusion is not None or model.ids is not None:
             artifacts.save_tensors(tmp / FUSED_FILE, {"z": current_z().cpu().numpy()})
         manifest = artifacts.write_manifest(
             tmp,

@@ -137,6 +137,38 @@ def test_finetune_mfl_trains_z_and_embed_reads_the_new_z(fused, tmp_path):
     assert not (run / "align/fused.safetensors").exists()
 
 
+def test_item_ids_add_trained_vectors_to_z_for_trained_items_only(fused, tmp_path):
+    run = _copy(fused, tmp_path)
+    result = invoke("align-train", run, "--item-ids", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    ids = artifacts.load_tensors(run / "align/item_ids.safetensors", {})
+    inter = pl.read_parquet(run / "data/interactions.parquet")
+    users = pl.read_parquet(run / "data/users.parquet").filter(pl.col("role") == "train")["user"]
+    trained = inter.filter(pl.col("user").is_in(users.implode()) & (pl.col("split") == "train"))["item"].unique()
+    expect = np.zeros(len(ids["has_id"]), dtype=bool)
+    expect[trained.to_numpy()] = True
+    np.testing.assert_array_equal(ids["has_id"], expect)
+    assert not ids["emb"][~expect].any() and np.abs(ids["emb"][expect]).sum() > 0  # trained rows moved, cold stay 0
+    # frozen MFL: the SAL's z is fuse/'s z plus the id vectors, and embed reads that sum
+    old = artifacts.load_tensors(run / "fuse/fused.safetensors", {})["z"]
+    new = artifacts.load_tensors(run / "align/fused.safetensors", {})["z"]
+    np.testing.assert_allclose(new, old + ids["emb"], rtol=1e-6, atol=1e-6)
+    assert not (run / "align/mfl.safetensors").exists()
+    assert invoke("embed", run).exit_code == 0
+    model, _ = sal_train.load_sal(run, torch.device("cpu"))
+    items = artifacts.load_tensors(run / "embed/items.safetensors", {})["emb"]
+    with torch.no_grad():
+        np.testing.assert_allclose(items, model.items(torch.as_tensor(new)).numpy(), rtol=1e-5, atol=1e-6)
+    # the tables count the SAL's weights plus one vector per trained item
+    from mufasa_cli.eval import run as eval_run
+    from mufasa_cli.eval.protocols import build_cases
+
+    sal = sum(v.size for v in artifacts.load_tensors(run / "align/sal.safetensors", {}).values())
+    mfl = sum(v.size for v in artifacts.load_tensors(run / "fuse/mfl.safetensors", {}).values())
+    params = eval_run.mufasa_vectors(run, build_cases(run / "data", "loo")).params
+    assert params == sal + mfl + int(expect.sum()) * new.shape[1]
+
+
 def test_uniform_negatives_and_learned_temperature(fused, tmp_path):
     run = _copy(fused, tmp_path)
     result = invoke("align-train", run, "--epochs", "3", "--uniform-negatives", "32", "--learn-tau", "--tau", "0.2")
