@@ -247,14 +247,15 @@ def run_align(
     N = data.num_items
     seed_everything(seed)
     fusion, mb = load_mfl(run_dir, device) if cfg.finetune_mfl else (None, None)
+    trained = torch.as_tensor(np.concatenate(data.train_seqs))  # every train interaction's item
     ids_for = None
     if cfg.item_ids:  # the items trained on; cold ones keep their content z
         ids_for = torch.zeros(N, dtype=torch.bool)
-        ids_for[torch.as_tensor(np.concatenate(data.train_seqs))] = True
+        ids_for[trained] = True
     model = Aligner(SALEncoder(z_np.shape[1], cfg.sal), cfg.tau, cfg.learn_tau, fusion, ids_for).to(device)
     model.sal.kernel = kernel
     frozen_z = torch.as_tensor(z_np, device=device)
-    log_p = item_log_q(torch.as_tensor(np.concatenate(data.train_seqs)), N).to(device)
+    log_p = item_log_q(trained, N).to(device)
     train_cfg = train_config(cfg)
     make = all_batches if cfg.sal.objective == "all" else last_batches
     batches = make(data, train_cfg.batch_size, cfg.sal.max_len, device)
