@@ -233,7 +233,8 @@ class SASRecConfig:
     dropout: float = 0.5
     max_len: int = 50
     # training windows end every `stride` items (0 = max_len: no overlap); each target is
-    # trained once, with at least max_len + 1 - stride items of context
+    # trained once, with at least max_len + 1 - stride items of context. 1 = RecBole's samples:
+    # one target per sample, read at the last position only, with its own max_len items of context
     stride: int = 0
     # early stopping on validation with the user's train items left among the candidates, as
     # RecBole selects its sequential models (for comparisons under `eval --keep-seen`)

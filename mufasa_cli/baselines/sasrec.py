@@ -50,9 +50,12 @@ class Block(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(D, eps=EPS), nn.LayerNorm(D, eps=EPS)
         self.drop1, self.drop2 = nn.Dropout(p), nn.Dropout(p)
 
-    def forward(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-        a = self.attn(x, x, x, attn_mask=blocked, need_weights=False)[0]
-        x = self.norm1(x + self.drop1(a))
+    def forward(self, x: torch.Tensor, blocked: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """x (B, L, D) -> (B, L, D); with last_only, (B, 1, D): the last position alone is
+        queried (its keys and values are still every position), the same numbers as [:, -1:]."""
+        q, blocked = (x[:, -1:], blocked[:, -1:]) if last_only else (x, blocked)
+        a = self.attn(q, x, x, attn_mask=blocked, need_weights=False)[0]
+        x = self.norm1(q + self.drop1(a))
         return self.norm2(x + self.drop2(self.down(F.gelu(self.up(x)))))
 
 
@@ -74,8 +77,10 @@ class SASRec(nn.Module):
         with torch.no_grad():
             self.items.weight[num_items].zero_()
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids (B, L), left-padded with the pad id -> hidden states (B, L, D); causal."""
+    def forward(self, ids: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """ids (B, L), left-padded with the pad id -> hidden states (B, L, D); causal. With
+        last_only, (B, 1, D): the last position's state alone, the last layer computing only
+        that query (what one-target samples and user vectors need)."""
         B, L = ids.shape
         x = self.items(ids) + self.position(torch.arange(L, device=ids.device))
         x = self.drop(self.norm(x))
@@ -85,8 +90,8 @@ class SASRec(nn.Module):
         later = at[None, :] > at[:, None]  # (L, L)
         pad_key = (ids == self.pad)[:, None, :] & (at[None, :] != at[:, None])  # (B, L, L)
         blocked = (later | pad_key).repeat_interleave(self.cfg.num_heads, dim=0)  # (B*H, L, L)
-        for layer in self.layers:
-            x = layer(x, blocked)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, blocked, last_only=last_only and i == len(self.layers) - 1)
         return x
 
     def item_vectors(self) -> torch.Tensor:
@@ -110,7 +115,7 @@ def user_vectors(model: SASRec, histories: list[np.ndarray], chunk: int = 512) -
     out = []
     for s in range(0, len(histories), chunk):
         ids = left_pad(histories[s : s + chunk], model.cfg.max_len, model.pad).to(device)
-        out.append(model(ids)[:, -1])
+        out.append(model(ids, last_only=True)[:, -1])
     return torch.cat(out) if out else torch.zeros(0, model.cfg.d_model)
 
 
@@ -136,6 +141,7 @@ def train(
     L, pad = cfg.max_len, num_items
 
     windows = training_windows(train_seqs, L, cfg.stride or L)
+    one_target = cfg.stride == 1  # each window owns its last target only, at the last position
 
     def owned_targets(window: np.ndarray, first: int) -> np.ndarray:
         t = window[1:].copy()
@@ -152,7 +158,9 @@ def train(
 
     def step(batch):
         inputs, targets = batch
-        h = model(inputs)  # (B, L, D)
+        if one_target:
+            targets = targets[:, -1:]
+        h = model(inputs, last_only=one_target)  # (B, L, D), or (B, 1, D)
         real = targets != pad
         logits = h[real] @ model.item_vectors().T  # (R, N)
         loss = F.cross_entropy(logits, targets[real])

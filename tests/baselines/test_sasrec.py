@@ -87,3 +87,58 @@ def test_overlapping_windows_own_each_target_once_with_long_context():
     for w, first in windows:
         for j in range(first, len(w) - 1):
             assert j + 1 >= 4 or w[0] == 0
+
+
+def test_last_only_equals_the_last_position_of_the_full_forward_with_gradients():
+    torch.manual_seed(0)
+    model = SASRec(10, CFG).eval()
+    ids = left_pad([np.array([1, 2]), np.array([3]), np.arange(9) % 10, np.array([4, 5, 6, 7, 8, 9])], 6, 10)
+    full = model(ids)[:, -1:]
+    (g_full,) = torch.autograd.grad(full.square().sum(), model.items.weight)
+    last = model(ids, last_only=True)
+    (g_last,) = torch.autograd.grad(last.square().sum(), model.items.weight)
+    assert last.shape == (4, 1, 16)
+    torch.testing.assert_close(last, full)
+    torch.testing.assert_close(g_last, g_full)
+
+
+def test_stride_one_windows_are_one_target_samples_at_the_last_position():
+    from mufasa_cli.baselines.common import training_windows
+
+    seq = np.arange(9)
+    windows = training_windows([seq], 4, stride=1)
+    # one window per target 1..8, each ending at its target with up to 4 items of context
+    assert [w.tolist() for w, _ in windows][:3] == [[4, 5, 6, 7, 8], [3, 4, 5, 6, 7], [2, 3, 4, 5, 6]]
+    assert [w[-1] for w, _ in windows] == list(range(8, 0, -1))
+    # the window owns its last target only: that target sits at the last input position
+    assert all(first == len(w) - 2 for w, first in windows)
+
+
+def test_one_target_training_runs_end_to_end_and_its_loss_falls(tiny_run, tmp_path):
+    import shutil
+
+    from mufasa_cli import artifacts
+    from mufasa_cli.baselines import sasrec
+    from mufasa_cli.data import schema
+    from mufasa_cli.sal.train import load_sequences
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "data", run / "data")
+    cfg = SASRecConfig(
+        d_model=16, num_heads=2, inner=32, max_len=8, stride=1, train=TrainConfig(epochs=4, batch_size=64, lr=3e-3)
+    )
+    num_items = artifacts.load_table(run / "data" / schema.ITEMS_FILE, schema.ITEM_COLUMNS).height
+    m = sasrec.train(
+        run,
+        cfg,
+        seqs=load_sequences(run / "data"),
+        num_items=num_items,
+        seed=0,
+        device=torch.device("cpu"),
+        resume=False,
+    )
+    ce = [h["ce"] for h in m["history"]]
+    assert m["config"]["stride"] == 1 and len(ce) == 4
+    assert ce[-1] < ce[0]
+    model, _ = sasrec.load(run, torch.device("cpu"))
+    assert model.cfg.stride == 1
