@@ -11,7 +11,8 @@
 #
 # Environment: PRESET (synthetic preset, default `small`), RECIPE (a recipe file instead of
 # the dataset's), COMPARE (baselines, default all five), HISTORY_LEN (Table 6 lengths, default 30,full),
-# SPLIT (loo, the default, or global-time: the leakage-free global temporal split).
+# SPLIT (loo, the default, or global-time: the leakage-free global temporal split), JOBS (trainings
+# run side by side by eval and ablate, default 2: one per core on a 2-core machine).
 set -euo pipefail
 dataset=${1:?usage: recipes/paper.sh synthetic|ml-100k|ml-1m|microlens [RUN]}
 here=$(cd "$(dirname "$0")" && pwd)
@@ -49,7 +50,7 @@ mufasa fuse-train "$run" --recipe "$recipe" --force
 mufasa align-train "$run" --recipe "$recipe" --force
 mufasa embed "$run" --force
 for protocol in "${protocols[@]}"; do                               # Table 2 (loo), Table 3 (zero-shot)
-  mufasa eval "$run" --protocol "$protocol" --compare "$compare" --recipe "$recipe" --force
+  mufasa eval "$run" --protocol "$protocol" --compare "$compare" --recipe "$recipe" --jobs "${JOBS:-2}" --force
 done
-mufasa ablate "$run" --recipe "$recipe" --protocol "${protocols[-1]}" "${ablations[@]}" \
+mufasa ablate "$run" --recipe "$recipe" --protocol "${protocols[-1]}" --jobs "${JOBS:-2}" "${ablations[@]}" \
   --history-len "${HISTORY_LEN:-30,full}" --attention sparse,full   # Tables 5 and 6

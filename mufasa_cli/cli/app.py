@@ -276,6 +276,25 @@ def fuse_train(
     render.out.print(f"wrote {run / 'fuse'}")
 
 
+JOBS_OPTION = typer.Option(
+    help="Trainings run side by side, each in its own process with an equal share of the CPU threads "
+    "(small models use many threads poorly; 2 on a 2-core machine). Progress is then counted per "
+    "training. 1 = one after another, in this process.",
+)
+
+
+def _check_jobs(jobs: int) -> None:
+    if jobs < 1:
+        raise MufasaError(f"--jobs {jobs}: must be at least 1")
+
+
+def _jobs_progress(on_progress: Callable, label: str, jobs: int) -> Callable[[int, int], None] | None:
+    """A bar of finished trainings when they run side by side (jobs > 1), where per-step bars cannot be drawn."""
+    if jobs <= 1:
+        return None
+    return lambda done, total: on_progress(label, done, total, f"{label} ({jobs} at a time)")
+
+
 KERNEL_HELP = (
     "How the sparse attention is computed: fast (batched, gathers whole blocks; the same results), "
     "reference (plain gather + matmul, for checking), flex (FlexAttention, objective all on CUDA; "
@@ -490,6 +509,7 @@ def eval_(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of baseline training.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda (baseline training).")] = "auto",
+    jobs: Annotated[int, JOBS_OPTION] = 1,
     k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "5,10,20,50,100",
     keep_seen: Annotated[
         bool, typer.Option("--keep-seen", help="Score the user's earlier items too (RecBole's protocol).")
@@ -518,6 +538,7 @@ def eval_(
         from mufasa_cli.eval.plot import check_plot
 
         check_plot(plot)
+    _check_jobs(jobs)
     if chunk < 1:
         raise MufasaError(f"--chunk {chunk}: must be >= 1")
     from mufasa_cli import artifacts
@@ -538,10 +559,13 @@ def eval_(
             retrain=retrain,
             resume=resume,
             on_step=render.training_progress(on_progress),
+            jobs=jobs,
+            on_done=_jobs_progress(on_progress, "baselines", jobs),
         )
+    status = render.err if fmt is TableFormat.json else render.out  # json on stdout stays parseable
     for name, manifest in trained.items():
         v = manifest["valid"]
-        render.out.print(
+        status.print(
             f"trained {name}: valid HR@10 {v['HR@10']:.4f}  NDCG@10 {v['NDCG@10']:.4f}  best epoch "
             f"{manifest['best_epoch']}/{manifest['epochs_run']}  ({manifest['wall_time_s']:.0f} s)",
             highlight=False,
@@ -582,6 +606,7 @@ def ablate(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the variants' training.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    jobs: Annotated[int, JOBS_OPTION] = 1,
     fmt: Annotated[TableFormat, typer.Option("--format", help="table, md, csv or json.")] = TableFormat.table,
 ) -> None:
     """Re-run only the stages each removed part touches (RUN/ablate/VARIANT/), evaluate every
@@ -592,6 +617,7 @@ def ablate(
     from mufasa_cli.eval.protocols import PROTOCOLS
     from mufasa_cli.eval.run import run_eval
     from mufasa_cli.runtime.device import resolve_device
+    from mufasa_cli.runtime.pool import run_calls
 
     if protocol not in PROTOCOLS:
         raise MufasaError(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
@@ -611,23 +637,28 @@ def ablate(
     bad = [a for a in kinds if a not in ("sparse", "full", "mean")]
     if bad:
         raise MufasaError(f"--attention {bad[0]!r}: choose from sparse, full, mean")
+    for flag, values in (("--history-len", lengths), ("--attention", kinds)):
+        if len(set(values)) < len(values):
+            raise MufasaError(f"{flag}: a value is named more than once")
     cfg = load_recipe(str(recipe) if recipe else None)
     dev = resolve_device(device)
     evaluate = lambda folder: run_eval(  # noqa: E731
         folder, protocol=protocol, compare=[], ks=ks, keep_seen=False, test="ttest"
     )
+    _check_jobs(jobs)
     full = evaluate(run)
+    cells = [(length, kind) for length in lengths for kind in kinds]
     with render.progress() as on_progress:
-        on_step = render.training_progress(on_progress)
-        table5 = [("MUFASA", full)]
-        for x in without or []:
-            folder = ab.build_variant(run, x, cfg, seed=seed, device=dev, on_step=on_step)
-            table5.append((ab.LABELS[x], evaluate(folder)))
-        table6 = []
-        for length in lengths:
-            for kind in kinds:
-                folder = ab.build_history_variant(run, length, kind, cfg, seed=seed, device=dev, on_step=on_step)
-                table6.append((f"{length or 'full'} / {kind}", evaluate(folder)))
+        on_step = None if jobs > 1 else render.training_progress(on_progress)
+        common = {"seed": seed, "device": dev, "on_step": on_step}
+        calls = [(ab.build_variant, (run, x, cfg), common) for x in without or []]
+        calls += [(ab.build_history_variant, (run, length, kind, cfg), common) for length, kind in cells]
+        folders = run_calls(calls, jobs, _jobs_progress(on_progress, "ablation variants", jobs))
+    parts = without or []
+    table5 = [("MUFASA", full)] + [
+        (ab.LABELS[x], evaluate(f)) for x, f in zip(parts, folders[: len(parts)], strict=True)
+    ]
+    table6 = [(f"{n or 'full'} / {a}", evaluate(f)) for (n, a), f in zip(cells, folders[len(parts) :], strict=True)]
     from mufasa_cli import artifacts
 
     tables = {

@@ -150,3 +150,6 @@ def check_ablations(withouts: list[str]) -> None:
         raise MufasaError(f"--without {bad[0]!r}: choose from {', '.join(ABLATIONS)}")
     if not withouts:
         raise MufasaError("--without: name at least one part to remove")
+    twice = sorted({x for x in withouts if withouts.count(x) > 1})
+    if twice:
+        raise MufasaError(f"--without {twice[0]!r}: named more than once")

@@ -122,14 +122,18 @@ def ensure_baselines(
     retrain: bool,
     resume: bool = False,
     on_step=None,
+    jobs: int = 1,
+    on_done=None,
 ) -> dict[str, dict]:
     """Train the baselines in `names` that RUN/baselines/ lacks (or holds stale, or `retrain`),
-    from the last epoch checkpoint of an interrupted run when `resume`; returns {name: manifest}
-    of those trained now."""
+    from the last epoch checkpoint of an interrupted run when `resume`, `jobs` at a time
+    (runtime.pool; on_step is then not called, on_done(done, total) is); returns {name:
+    manifest} of those trained now."""
     from mufasa_cli.baselines import mmgcn, sasrec, two_tower
+    from mufasa_cli.runtime.pool import run_calls
     from mufasa_cli.sal.train import load_sequences
 
-    trained = {}
+    calls, todo = [], []
     seqs, num_items = None, 0
     for name in names:
         if name not in TRAINED_HERE:
@@ -149,14 +153,16 @@ def ensure_baselines(
             seqs = load_sequences(data_dir)
             num_items = artifacts.load_table(data_dir / schema.ITEMS_FILE, schema.ITEM_COLUMNS).height
         cfg = getattr(recipe.baselines, name)
-        common = dict(seqs=seqs, num_items=num_items, seed=seed, device=device, resume=resume, on_step=on_step)
+        common = dict(seqs=seqs, num_items=num_items, seed=seed, device=device, resume=resume)
+        common["on_step"] = on_step if jobs <= 1 else None
         if name == "sasrec":
-            trained[name] = sasrec.train(run_dir, cfg, **common)
+            calls.append((sasrec.train, (run_dir, cfg), common))
         elif name == "mmgcn":
-            trained[name] = mmgcn.train(run_dir, cfg, **common)
+            calls.append((mmgcn.train, (run_dir, cfg), common))
         else:
-            trained[name] = two_tower.train(name, run_dir, cfg, **common)
-    return trained
+            calls.append((two_tower.train, (name, run_dir, cfg), common))
+        todo.append(name)
+    return dict(zip(todo, run_calls(calls, jobs, on_done), strict=True))
 
 
 def _count(path: Path) -> int:

@@ -75,6 +75,30 @@ def test_table_6_reuses_the_cell_the_full_model_already_is(full):
     assert (run / "ablate" / "len-full-sparse" / "embed").is_dir()
 
 
+def test_variants_side_by_side_give_the_same_tables_as_one_after_another(full, tmp_path):
+    import shutil
+
+    import torch
+
+    run, recipe = full
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True, ignore=shutil.ignore_patterns("ablate"))
+    args = ["--recipe", recipe, "--without", "window", "--without", "cons", "--history-len", "8"]
+    args += ["--attention", "sparse,mean", "--protocol", "loo"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers get 1 thread each too: the same arithmetic
+    try:
+        one = invoke("ablate", run, *args, "--jobs", "1")
+        two = invoke("ablate", copy, *args, "--jobs", "2")
+    finally:
+        torch.set_num_threads(threads)
+    assert one.exit_code == 0, one.output
+    assert two.exit_code == 0, two.output
+    assert (copy / "ablate" / "w-o-cons" / "embed").is_dir() and (copy / "ablate" / "len-8-mean" / "embed").is_dir()
+    tables = [json.loads((r / "ablate" / "tables-loo.json").read_text()) for r in (run, copy)]
+    assert tables[0] == tables[1]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -82,6 +106,9 @@ def test_table_6_reuses_the_cell_the_full_model_already_is(full):
         (("--history-len", "ten"), "--history-len 'ten'"),
         ((), "name --without parts"),
         (("--without", "sal", "--protocol", "x"), "--protocol 'x'"),
+        (("--without", "cf", "--without", "cf"), "--without 'cf': named more than once"),
+        (("--history-len", "8,8"), "--history-len: a value is named more than once"),
+        (("--without", "cf", "--jobs", "0"), "--jobs 0"),
     ],
 )
 def test_bad_ablate_flags(full, args, message):

@@ -144,6 +144,35 @@ def test_compare_sasrec_trains_once_and_caches(embedded, tmp_path):
     assert other.exit_code == 0 and "trained sasrec" in other.stdout
 
 
+def test_baselines_trained_side_by_side_match_one_after_another(embedded, tmp_path):
+    import shutil
+
+    import torch
+
+    copy = tmp_path / "run"
+    shutil.copytree(embedded, copy, ignore=shutil.ignore_patterns("baselines", "eval"))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "baselines:\n  dssm: {train: {epochs: 2, batch_size: 256}}\n"
+        "  sasrec: {max_len: 8, train: {epochs: 2, batch_size: 16}}\n"
+    )
+    args = ["--compare", "dssm,sasrec", "--recipe", recipe, "--format", "json", "--retrain"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each worker gets 1 thread too: the same arithmetic
+    try:
+        one = invoke("eval", copy, *args, "--jobs", "1")
+        two = invoke("eval", copy, *args, "--jobs", "2", "--force")
+    finally:
+        torch.set_num_threads(threads)
+    assert one.exit_code == 0, one.output
+    assert two.exit_code == 0, two.output
+    models = [json.loads(r.stdout)["models"] for r in (one, two)]
+    assert set(models[1]) == {"mufasa", "dssm", "sasrec"}
+    assert models[0] == models[1]
+    bad = invoke("eval", copy, "--compare", "dssm", "--jobs", "0")
+    assert bad.exit_code == 2 and "--jobs 0" in bad.stderr
+
+
 def test_compare_dssm_youtube_and_mmgcn_end_to_end(embedded, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
