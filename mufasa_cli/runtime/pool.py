@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
 import torch
@@ -42,7 +42,7 @@ def run_calls(calls: Sequence[Call], jobs: int, on_done: Callable[[int, int], No
         futures = [pool.submit(fn, *args, **kwargs) for fn, args, kwargs in calls]
         pending, done = set(futures), 0
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in finished:
                 if f.exception() is not None:
                     for p in pending:
