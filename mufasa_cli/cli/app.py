@@ -649,8 +649,7 @@ def ablate(
     full = evaluate(run)
     cells = [(length, kind) for length in lengths for kind in kinds]
     with render.progress() as on_progress:
-        on_step = None if jobs > 1 else render.training_progress(on_progress)
-        common = {"seed": seed, "device": dev, "on_step": on_step}
+        common = {"seed": seed, "device": dev, "on_step": render.training_progress(on_progress)}
         calls = [(ab.build_variant, (run, x, cfg), common) for x in without or []]
         calls += [(ab.build_history_variant, (run, length, kind, cfg), common) for length, kind in cells]
         folders = run_calls(calls, jobs, _jobs_progress(on_progress, "ablation variants", jobs))

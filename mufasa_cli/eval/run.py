@@ -127,7 +127,7 @@ def ensure_baselines(
 ) -> dict[str, dict]:
     """Train the baselines in `names` that RUN/baselines/ lacks (or holds stale, or `retrain`),
     from the last epoch checkpoint of an interrupted run when `resume`, `jobs` at a time
-    (runtime.pool; on_step is then not called, on_done(done, total) is); returns {name:
+    (runtime.pool: on_step then reaches none of them, on_done(done, total) is called); returns {name:
     manifest} of those trained now."""
     from mufasa_cli.baselines import mmgcn, sasrec, two_tower
     from mufasa_cli.runtime.pool import run_calls
@@ -153,8 +153,7 @@ def ensure_baselines(
             seqs = load_sequences(data_dir)
             num_items = artifacts.load_table(data_dir / schema.ITEMS_FILE, schema.ITEM_COLUMNS).height
         cfg = getattr(recipe.baselines, name)
-        common = dict(seqs=seqs, num_items=num_items, seed=seed, device=device, resume=resume)
-        common["on_step"] = on_step if jobs <= 1 else None
+        common = dict(seqs=seqs, num_items=num_items, seed=seed, device=device, resume=resume, on_step=on_step)
         if name == "sasrec":
             calls.append((sasrec.train, (run_dir, cfg), common))
         elif name == "mmgcn":

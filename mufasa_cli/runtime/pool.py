@@ -22,11 +22,17 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _without_progress(kwargs: dict) -> dict:
+    return {**kwargs, "on_step": None} if "on_step" in kwargs else kwargs
+
+
 def run_calls(calls: Sequence[Call], jobs: int, on_done: Callable[[int, int], None] | None = None) -> list[Any]:
     """fn(*args, **kwargs) for each call; with jobs > 1, in that many spawned processes sharing
     this process's torch threads (at least one each). Results come back in the order of
-    `calls`; on_done(done, total) after each. The first error is raised once the calls still
-    running finish (the ones not started are dropped), so no artifact is left half-written."""
+    `calls`; on_done(done, total) after each. A keyword `on_step` (a per-step progress
+    callback, which cannot cross processes) is dropped for the calls that go to workers. The
+    first error is raised once the calls still running finish (the ones not started are
+    dropped), so no artifact is left half-written."""
     total = len(calls)
     if jobs <= 1 or total <= 1:
         results = []
@@ -39,7 +45,7 @@ def run_calls(calls: Sequence[Call], jobs: int, on_done: Callable[[int, int], No
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker, initargs=(threads,)) as pool:
-        futures = [pool.submit(fn, *args, **kwargs) for fn, args, kwargs in calls]
+        futures = [pool.submit(fn, *args, **_without_progress(kwargs)) for fn, args, kwargs in calls]
         pending, done = set(futures), 0
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
