@@ -127,8 +127,8 @@ def ensure_baselines(
 ) -> dict[str, dict]:
     """Train the baselines in `names` that RUN/baselines/ lacks (or holds stale, or `retrain`),
     from the last epoch checkpoint of an interrupted run when `resume`, `jobs` at a time
-    (runtime.pool: on_step then reaches none of them, on_done(done, total) is called); returns {name:
-    manifest} of those trained now."""
+    (runtime.pool: trainings sent to worker processes get no on_step; on_done(done, total)
+    counts them); returns {name: manifest} of those trained now."""
     from mufasa_cli.baselines import mmgcn, sasrec, two_tower
     from mufasa_cli.runtime.pool import run_calls
     from mufasa_cli.sal.train import load_sequences
