@@ -647,13 +647,13 @@ def ablate(
     )
     _check_jobs(jobs)
     full = evaluate(run)
+    parts = without or []
     cells = [(length, kind) for length in lengths for kind in kinds]
     with render.progress() as on_progress:
         common = {"seed": seed, "device": dev, "on_step": render.training_progress(on_progress)}
-        calls = [(ab.build_variant, (run, x, cfg), common) for x in without or []]
+        calls = [(ab.build_variant, (run, x, cfg), common) for x in parts]
         calls += [(ab.build_history_variant, (run, length, kind, cfg), common) for length, kind in cells]
         folders = run_calls(calls, jobs, _jobs_progress(on_progress, "ablation variants", jobs))
-    parts = without or []
     table5 = [("MUFASA", full)] + [
         (ab.LABELS[x], evaluate(f)) for x, f in zip(parts, folders[: len(parts)], strict=True)
     ]
