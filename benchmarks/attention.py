@@ -147,7 +147,7 @@ def embed_point(setting: str, length: int, batch: int, dim: int, repeat: int, de
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
-        user_embeddings(model, z, histories, length, chunk=batch)
+        user_embeddings(model, z, histories, length)
         sync()
         times.append(time.perf_counter() - t0)
     seconds = sorted(times)[len(times) // 2]

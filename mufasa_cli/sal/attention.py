@@ -95,19 +95,27 @@ def block_vectors(
 
     h: (B, L, D) -> blocks (B, nB, D), block_mask (B, nB) bool (the block holds a real item).
     """
-    B, L, D = h.shape
-    num_blocks = -(-L // block_size)
-    item_mask = torch.arange(L, device=h.device)[None, :] < lengths[:, None]  # (B, L)
-    block_mask = torch.arange(num_blocks, device=h.device)[None, :] * block_size < lengths[:, None]
-    x = h * item_mask[..., None].to(h.dtype)  # padding slots zero
-    pad = num_blocks * block_size - L
-    x = (F.pad(x, (0, 0, 0, pad)) if pad else x).view(B, num_blocks, block_size, D)  # (B, nB, b, D)
+    x, block_mask = block_items(h, lengths, block_size)
+    B, num_blocks, _, D = x.shape
     if phi is None:
-        counts = F.pad(item_mask, (0, pad)).view(B, num_blocks, block_size).sum(-1, keepdim=True)  # (B, nB, 1)
+        item_mask = torch.arange(num_blocks * block_size, device=h.device)[None, :] < lengths[:, None]
+        counts = item_mask.view(B, num_blocks, block_size).sum(-1, keepdim=True)  # (B, nB, 1)
         blocks = x.sum(2) / counts.clamp(min=1)
     else:
         blocks = phi(x.reshape(B, num_blocks, block_size * D))
     return torch.where(block_mask[..., None], blocks, torch.zeros_like(blocks)), block_mask
+
+
+def block_items(h: torch.Tensor, lengths: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The items of each block side by side, padding slots zero: h (B, L, D) -> x (B, nB, b, D)
+    and block_mask (B, nB) bool (the block holds a real item)."""
+    B, L, D = h.shape
+    num_blocks = -(-L // block_size)
+    item_mask = torch.arange(L, device=h.device)[None, :] < lengths[:, None]  # (B, L)
+    block_mask = torch.arange(num_blocks, device=h.device)[None, :] * block_size < lengths[:, None]
+    x = h if bool(item_mask.all()) else h * item_mask[..., None].to(h.dtype)  # padding slots zero
+    pad = num_blocks * block_size - L
+    return (F.pad(x, (0, 0, 0, pad)) if pad else x).view(B, num_blocks, block_size, D), block_mask
 
 
 def visible_blocks(block_mask: torch.Tensor, qpos: torch.Tensor, block_size: int, causal: bool) -> torch.Tensor:

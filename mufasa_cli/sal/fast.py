@@ -125,8 +125,10 @@ def select_blocks(a_block: torch.Tensor, visible: torch.Tensor, k: int) -> tuple
     nB = a_block.shape[-1]
     kk = min(k, nB)
     index = torch.arange(nB, device=a_block.device)
-    bits = a_block.detach().float().view(torch.int32).long()
-    keys = torch.where(visible, bits * nB + index, index - nB)
+    # invisible blocks weigh -1: one negative bit pattern below every visible block's, so
+    # they order by index alone
+    bits = a_block.detach().float().masked_fill(~visible, -1.0).view(torch.int32).long()
+    keys = bits.mul_(nB).add_(index)
     idx = torch.topk(keys, kk, dim=-1).indices
     return idx, visible.gather(-1, idx)
 
@@ -135,7 +137,8 @@ def gather_blocks(x: torch.Tensor, idx: torch.Tensor, block_size: int) -> torch.
     """The items of the blocks idx (B, Q, kk) of x (B, L, D), whole blocks at a time: (B, Q, kk*b, D)."""
     B, L, D = x.shape
     nB = -(-L // block_size)
-    rows = F.pad(x, (0, 0, 0, nB * block_size - L)).view(B, nB, block_size * D)
+    pad = nB * block_size - L
+    rows = (F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(B, nB, block_size * D)
     picked = rows[torch.arange(B, device=x.device)[:, None, None], idx]  # (B, Q, kk, b*D)
     return picked.view(B, idx.shape[1], idx.shape[2] * block_size, D)
 
@@ -171,6 +174,44 @@ def shared_selective_attention(
     ok = selected.repeat_interleave(b, dim=-1)[:, None, :, None, :]  # (B, 1, nG, 1, S)
     out = masked_softmax(scores, ok) @ selected_items(v)  # (B, H, nG, b, dh)
     return merge_heads(out.view(B, H, nG * b, dh), L)
+
+
+def query_side_block_attention(
+    q: torch.Tensor,
+    x: torch.Tensor,
+    visible: torch.Tensor,
+    phi: torch.nn.Linear,
+    w_k: torch.Tensor,
+    w_v: torch.Tensor,
+    num_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block branch (eqs. 8-9) for a few queries per user (objective `last`, embed), with
+    the projections moved to the query side. The block vector phi(x_j) = W_phi x_j + c and
+    its key W_K phi(x_j) are linear in the block's items x_j, so for head e
+        score_j = q_e . W_K,e (W_phi x_j + c) = (W_phi^T W_K,e^T q_e) . x_j + const,
+    and the constant is the same for every block, so the softmax drops it; the output is
+        sum_j a_j W_V,e (W_phi x_j + c) = W_V,e (W_phi (sum_j a_j x_j) + (sum_j a_j) c).
+    Per query that reads each history item twice (H * L * D multiply-adds each) instead of
+    running phi, W_K and W_V over every block (L * D * D + 2 * nB * D * D), which no query of
+    a one-query batch shares.
+
+    q: (B, Q, D) projected queries; x: (B, nB, b, D) the blocks' items (`attention.block_items`);
+    visible (B, Q, nB); w_k, w_v: (D, D) weights of W_K, W_V (no bias).
+    Returns (z_long (B, Q, D), weights (B, H, Q, nB)), equal to attend_shared's on phi(x).
+    """
+    B, Q, D = q.shape
+    nB, H = x.shape[1], num_heads
+    dh = D // H
+    qh = (q / math.sqrt(dh)).view(B, Q, H, 1, dh)
+    q_item = (qh @ w_k.view(H, dh, D)).squeeze(-2) @ phi.weight  # (B, Q, H, b*D): W_phi^T W_K,e^T q_e
+    flat = x.reshape(B, nB, -1)  # (B, nB, b*D)
+    scores = (q_item.view(B, Q * H, -1) @ flat.transpose(1, 2)).view(B, Q, H, nB).transpose(1, 2)  # (B, H, Q, nB)
+    weights = masked_softmax(scores, visible[:, None])
+    pooled = weights.transpose(1, 2).reshape(B, Q * H, nB) @ flat  # (B, Q*H, b*D): sum_j a_j x_j
+    mass = weights.sum(-1).transpose(1, 2)[..., None]  # (B, Q, H, 1): 1, or 0 for a query with no block
+    y = F.linear(pooled.view(B, Q, H, -1), phi.weight) + mass * phi.bias  # (B, Q, H, D)
+    out = (y[..., None, :] @ w_v.view(H, dh, D).transpose(1, 2)).squeeze(-2)  # (B, Q, H, dh)
+    return out.reshape(B, Q, D), weights
 
 
 def causal_block_attention(

@@ -30,6 +30,7 @@ from mufasa_cli.sal import fast, flex
 from mufasa_cli.sal.attention import (
     attend,
     block_attention,
+    block_items,
     block_vectors,
     gate,
     gather_items,
@@ -112,7 +113,7 @@ class SALEncoder(nn.Module):
             return h + table[at]
         at = torch.arange(L, device=h.device)[None, :]
         pos = (lengths[:, None] - 1 - at).clamp(min=0, max=self.cfg.max_len - 1)  # counted from the end
-        return h + table.index_select(0, pos.flatten()).view(B, L, -1)
+        return table.index_select(0, pos.flatten()).view(B, L, -1).add_(h)  # into the fresh rows: one tensor fewer
 
     def users(
         self, z_hist: torch.Tensor, lengths: torch.Tensor, towered: bool = False
@@ -208,7 +209,14 @@ class SALEncoder(nn.Module):
                 outs["window"], ex.window_weights = fast.attend_per_query(p.q(q), p.k(near), p.v(near), valid, H)
                 ex.window_positions = pos
         shared = cfg.selection == "query_block"
-        if self.uses_blocks:
+        query_side = not dense and self.phi is not None  # project the few queries, not every block
+        if self.uses_blocks and query_side:
+            p = self.proj["block"]
+            x, block_mask = block_items(h, lengths, b)
+            visible = visible_blocks(block_mask, qpos, b, self.causal)
+            outs["block"], w = fast.query_side_block_attention(p.q(q), x, visible, self.phi, p.k.weight, p.v.weight, H)
+            ex.block_weights = w.mean(1)
+        elif self.uses_blocks:
             p = self.proj["block"]
             blocks, block_mask = block_vectors(h, lengths, b, self.phi)  # eq. 8
             if dense and self.causal:
@@ -227,7 +235,11 @@ class SALEncoder(nn.Module):
             if shared and not dense:
                 q_lead, visible = self._leaders(h, qpos, block_mask)
                 p = self.proj["block"]
-                a_block = fast.attend_shared(p.q(q_lead), p.k(blocks), p.v(blocks), visible, H)[1].mean(1)
+                if query_side:
+                    w = fast.query_side_block_attention(p.q(q_lead), x, visible, self.phi, p.k.weight, p.v.weight, H)[1]
+                else:
+                    w = fast.attend_shared(p.q(q_lead), p.k(blocks), p.v(blocks), visible, H)[1]
+                a_block = w.mean(1)
             p = self.proj["selective"]
             idx, valid = fast.select_blocks(a_block, visible, cfg.num_selected)  # eq. 10
             if shared and dense:  # gather once per query block

@@ -105,18 +105,36 @@ def pad(histories: list[np.ndarray], max_len: int) -> tuple[torch.Tensor, torch.
     return torch.as_tensor(out), torch.as_tensor(lengths)
 
 
+EMBED_TOKENS = 1 << 14  # history positions per embedding batch
+
+
 @torch.no_grad()
 def user_embeddings(
-    model: SALEncoder, z: torch.Tensor, histories: list[np.ndarray], max_len: int, chunk: int = 256
+    model: SALEncoder, z: torch.Tensor, histories: list[np.ndarray], max_len: int, tokens: int = EMBED_TOKENS
 ) -> torch.Tensor:
+    """u (U, D) for each history (its most recent max_len items), in the order given.
+
+    Users go in order of length, in batches of about `tokens` padded positions: little
+    padding, and each (B, L, D) tensor small enough that the allocator
+    reuses its memory batch after batch (4 MB at D = 64). Tensors of tens of MB are fresh pages from the OS
+    every time, and faulting them in cost more than the arithmetic (README, attention benchmark).
+    """
     model.eval()
     tower = model.hist_tower(z)  # A_hist once per item, not once per history position
-    out = []
-    for s in range(0, len(histories), chunk):
-        ids, lengths = pad(histories[s : s + chunk], max_len)
+    out = torch.zeros(len(histories), model.cfg.d_model, device=z.device, dtype=z.dtype)
+    sizes = np.array([min(len(h), max_len) for h in histories], dtype=np.int64)
+    order = np.argsort(sizes, kind="stable")
+    s = 0
+    while s < len(order):
+        count = max(1, tokens // max(int(sizes[order[s]]), 1))
+        while count > 1 and int(sizes[order[min(s + count, len(order)) - 1]]) * count > tokens:
+            count //= 2  # the batch pads to its longest history
+        rows_of = order[s : s + count]
+        ids, lengths = pad([histories[i] for i in rows_of], max_len)
         rows = tower.index_select(0, ids.to(z.device).flatten()).view(*ids.shape, -1)  # (B, L, D)
-        out.append(model.users(rows, lengths.to(z.device), towered=True)[0])
-    return torch.cat(out) if out else torch.zeros(0, model.cfg.d_model, device=z.device)
+        out[torch.as_tensor(rows_of, device=z.device)] = model.users(rows, lengths.to(z.device), towered=True)[0]
+        s += count
+    return out
 
 
 class Aligner(nn.Module):

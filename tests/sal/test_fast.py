@@ -174,3 +174,35 @@ def test_shared_selective_attends_exactly_the_items_of_the_query_blocks_selectio
             continue
         ref, _ = A.attend(q[:, t : t + 1], k[:, pos], v[:, pos], torch.ones(1, 1, len(pos), dtype=torch.bool), H)
         torch.testing.assert_close(out[0, t], ref[0, 0])
+
+
+def test_query_side_block_attention_equals_attention_over_the_projected_block_vectors():
+    """Projecting the queries through W_K and phi (instead of phi, W_K, W_V over every block)
+    gives the same z_long, block weights and gradients; a query that sees no block gets 0."""
+    g = torch.Generator().manual_seed(8)
+    lengths = torch.tensor([9, 3, 16])
+    L, Q = 16, 3
+    h = torch.randn(3, L, D, generator=g, dtype=torch.float64, requires_grad=True)
+    q = torch.randn(3, Q, D, generator=g, dtype=torch.float64, requires_grad=True)
+    phi = torch.nn.Linear(b * D, D).to(torch.float64)
+    proj = SALEncoder(Z, SALConfig(d_model=D, num_heads=H)).proj["block"].to(torch.float64)
+    qpos = torch.tensor([[8, 3, 0], [2, 0, 1], [15, 7, 4]])
+    visible = A.visible_blocks(A.block_vectors(h, lengths, b, phi)[1], qpos, b, causal=True)
+    assert not visible[1, 1].any()  # user 2's query at position 0 sees no complete block
+
+    def both():
+        blocks, _ = A.block_vectors(h, lengths, b, phi)
+        ref = fast.attend_shared(q, proj.k(blocks), proj.v(blocks), visible, H)
+        x, _ = A.block_items(h, lengths, b)
+        return ref, fast.query_side_block_attention(q, x, visible, phi, proj.k.weight, proj.v.weight, H)
+
+    (ref, ref_w), (out, w) = both()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(w, ref_w, rtol=1e-10, atol=1e-12)
+    assert torch.equal(out[1, 1], torch.zeros(D, dtype=torch.float64))
+    weights = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    params = [h, q, phi.weight, phi.bias, proj.k.weight, proj.v.weight]
+    grads_ref = torch.autograd.grad((ref * weights).sum(), params)
+    grads = torch.autograd.grad((both()[1][0] * weights).sum(), params)
+    for name, gr, gf in zip(["h", "q", "phi.weight", "phi.bias", "W_K", "W_V"], grads_ref, grads, strict=True):
+        torch.testing.assert_close(gf, gr, rtol=1e-9, atol=1e-11, msg=name)

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from mufasa_cli import artifacts
+from mufasa_cli.config import SALConfig
 from mufasa_cli.sal import train as sal_train
+from mufasa_cli.sal.model import SALEncoder
 from tests.conftest import folder_digest, invoke
 
 
@@ -287,3 +289,18 @@ def test_bad_flags(aligned):
     assert artifacts.verify_stage(run / "align")  # the trained model survives the refusals
     result = invoke("embed", run / "nope")
     assert result.exit_code == 2 and "manifest.json: missing" in result.stderr
+
+
+@pytest.mark.parametrize("tokens", [1, 40, 1 << 14])
+def test_user_embeddings_in_length_batches_equal_one_user_at_a_time(tokens):
+    """Users are batched by length under a token budget and returned in the order given."""
+    cfg = SALConfig(d_model=16, num_heads=2, max_len=12, block_size=4, num_selected=2)
+    torch.manual_seed(0)
+    model = SALEncoder(8, cfg).to(torch.float64)
+    z = torch.randn(30, 8, dtype=torch.float64)
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(0, 30, n) for n in (5, 1, 20, 12, 3, 5, 9, 30)]  # 20, 30: cut to max_len
+    alone = torch.cat([sal_train.user_embeddings(model, z, [h], cfg.max_len) for h in histories])
+    batched = sal_train.user_embeddings(model, z, histories, cfg.max_len, tokens=tokens)
+    torch.testing.assert_close(batched, alone, rtol=1e-10, atol=1e-12)
+    assert sal_train.user_embeddings(model, z, [], cfg.max_len).shape == (0, 16)
