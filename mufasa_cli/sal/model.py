@@ -126,7 +126,10 @@ class SALEncoder(nn.Module):
     def encode(
         self, z_hist: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, towered: bool = False
     ) -> tuple[torch.Tensor, Explanation]:
-        """The outputs (B, Q, D) at query positions qpos (B, Q), each < its user's length."""
+        """The outputs (B, Q, D) at query positions qpos (B, Q), each < its user's length; with
+        objective `all`, qpos may be every position 0..L-1 for every user, padding included
+        (what training passes, so that the fast kernel takes its dense path): a query past a
+        user's last item attends to padding, and its output means nothing."""
         cfg, H = self.cfg, self.cfg.num_heads
         h = self.history(z_hist, lengths, towered)
         B, L, D = h.shape
@@ -209,7 +212,8 @@ class SALEncoder(nn.Module):
                 outs["window"], ex.window_weights = fast.attend_per_query(p.q(q), p.k(near), p.v(near), valid, H)
                 ex.window_positions = pos
         shared = cfg.selection == "query_block"
-        query_side = not dense and self.phi is not None  # project the few queries, not every block
+        # one query per user (last, embed): project the query, not every block
+        query_side = qpos.shape[1] == 1 and self.phi is not None
         if self.uses_blocks and query_side:
             p = self.proj["block"]
             x, block_mask = block_items(h, lengths, b)

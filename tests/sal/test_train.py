@@ -10,6 +10,7 @@ import torch
 
 from mufasa_cli import artifacts
 from mufasa_cli.config import SALConfig
+from mufasa_cli.sal import fast
 from mufasa_cli.sal import train as sal_train
 from mufasa_cli.sal.model import SALEncoder
 from tests.conftest import folder_digest, invoke
@@ -304,3 +305,28 @@ def test_user_embeddings_in_length_batches_equal_one_user_at_a_time(tokens):
     batched = sal_train.user_embeddings(model, z, histories, cfg.max_len, tokens=tokens)
     torch.testing.assert_close(batched, alone, rtol=1e-10, atol=1e-12)
     assert sal_train.user_embeddings(model, z, [], cfg.max_len).shape == (0, 16)
+
+
+def test_objective_all_batches_query_every_position_and_real_outputs_match_clamped_queries():
+    """Training batches of `all` make every position a query (padding too), so the fast
+    kernel runs its dense causal path; at the positions that have a target, the outputs equal
+    those of queries clamped to each user's last item."""
+    seqs = [np.arange(1, 12), np.arange(3, 7), np.array([5, 2])]
+    data = sal_train.TrainData(seqs, [], np.zeros(0, dtype=np.int64), 20)
+    batch = next(sal_train.all_batches(data, 8, 64, torch.device("cpu"))(np.random.default_rng(0)))
+    ids, lengths, qpos, targets = batch
+    L = ids.shape[1]
+    assert torch.equal(qpos, torch.arange(L).expand(3, L)) and fast.dense_queries(qpos, L)
+    cfg = SALConfig(d_model=16, num_heads=2, max_len=64, block_size=2, num_selected=2, objective="all")
+    torch.manual_seed(0)
+    model = SALEncoder(8, cfg).to(torch.float64)
+    model.kernel = "fast"
+    z = torch.randn(20, 8, dtype=torch.float64)
+    clamped = torch.minimum(qpos, lengths[:, None] - 1)
+    real = targets >= 0
+    with torch.no_grad():
+        dense, _ = model.encode(z[ids], lengths, qpos)
+        model.kernel = "reference"
+        ref, _ = model.encode(z[ids], lengths, clamped)
+    torch.testing.assert_close(dense[real], ref[real], rtol=1e-10, atol=1e-12)
+    assert int(real.sum()) == sum(len(s) - 1 for s in seqs)
