@@ -184,4 +184,7 @@ def selective_attention(
 def gate(q: torch.Tensor, branches: list[torch.Tensor], gate_proj: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-branch sigmoid gates from the query: sum_m g_m z_m. q, z_m: (..., D) -> (..., D), gates (..., M)."""
     g = torch.sigmoid(gate_proj(q))  # (..., M)
-    return (torch.stack(branches, dim=-2) * g[..., None]).sum(-2), g
+    mixed = branches[0] * g[..., :1]
+    for m, z in enumerate(branches[1:], start=1):  # no (..., M, D) stack to build and keep
+        mixed = torch.addcmul(mixed, z, g[..., m : m + 1])
+    return mixed, g

@@ -133,7 +133,8 @@ class SALEncoder(nn.Module):
         cfg, H = self.cfg, self.cfg.num_heads
         h = self.history(z_hist, lengths, towered)
         B, L, D = h.shape
-        q = h[torch.arange(B, device=h.device)[:, None], qpos]  # (B, Q, D)
+        dense = fast.dense_queries(qpos, L)  # every position a query: q is h itself, no gather to undo
+        q = h if dense else h[torch.arange(B, device=h.device)[:, None], qpos]  # (B, Q, D)
         ex = Explanation()
         if cfg.attention == "mean":
             real = (torch.arange(L, device=h.device)[None, :] < lengths[:, None]).to(h.dtype)
