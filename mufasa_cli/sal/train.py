@@ -115,9 +115,10 @@ def user_embeddings(
     """u (U, D) for each history (its most recent max_len items), in the order given.
 
     Users go in order of length, in batches of about `tokens` padded positions: little
-    padding, and each (B, L, D) tensor small enough that the allocator
-    reuses its memory batch after batch (4 MB at D = 64). Tensors of tens of MB are fresh pages from the OS
-    every time, and faulting them in cost more than the arithmetic (README, attention benchmark).
+    padding, and each (B, L, D) tensor small enough (4 MB at D = 64) that the allocator
+    reuses its memory batch after batch. Tensors of tens of MB are fresh pages from the OS
+    every time, and faulting them in cost more than the arithmetic (README, attention
+    benchmark).
     """
     model.eval()
     tower = model.hist_tower(z)  # A_hist once per item, not once per history position
