@@ -215,16 +215,22 @@ class SALEncoder(nn.Module):
         shared = cfg.selection == "query_block"
         # one query per user (last, embed): project the query, not every block
         query_side = qpos.shape[1] == 1 and self.phi is not None
-        if self.uses_blocks and query_side:
-            p = self.proj["block"]
-            x, block_mask = block_items(h, lengths, b)
-            visible = visible_blocks(block_mask, qpos, b, self.causal)
-            outs["block"], w = fast.query_side_block_attention(p.q(q), x, visible, self.phi, p.k.weight, p.v.weight, H)
-            ex.block_weights = w.mean(1)
-        elif self.uses_blocks:
-            p = self.proj["block"]
-            blocks, block_mask = block_vectors(h, lengths, b, self.phi)  # eq. 8
-            if dense and self.causal:
+        if self.uses_blocks:
+            p = pb = self.proj["block"]  # pb: what attend_blocks projects with, whatever p becomes
+            if query_side:
+                items, block_mask = block_items(h, lengths, b)
+
+                def attend_blocks(query: torch.Tensor, visible: torch.Tensor):
+                    return fast.query_side_block_attention(
+                        pb.q(query), items, visible, self.phi, pb.k.weight, pb.v.weight, H
+                    )
+            else:
+                blocks, block_mask = block_vectors(h, lengths, b, self.phi)  # eq. 8
+
+                def attend_blocks(query: torch.Tensor, visible: torch.Tensor):
+                    return fast.attend_shared(pb.q(query), pb.k(blocks), pb.v(blocks), visible, H)
+
+            if dense and self.causal and not query_side:
                 # a_block of every query, or with shared selection of each query block's first
                 every = b if shared else 1
                 outs["block"], ex.block_weights = fast.causal_block_attention(
@@ -233,18 +239,13 @@ class SALEncoder(nn.Module):
                 visible = visible_blocks(block_mask, qpos[:, ::every], b, self.causal)
             else:
                 visible = visible_blocks(block_mask, qpos, b, self.causal)
-                outs["block"], w = fast.attend_shared(p.q(q), p.k(blocks), p.v(blocks), visible, H)
+                outs["block"], w = attend_blocks(q, visible)
                 ex.block_weights = w.mean(1)
         if "selective" in self.branches:
             a_block = ex.block_weights  # with shared selection and dense queries: already per query block
             if shared and not dense:
                 q_lead, visible = self._leaders(h, qpos, block_mask)
-                p = self.proj["block"]
-                if query_side:
-                    w = fast.query_side_block_attention(p.q(q_lead), x, visible, self.phi, p.k.weight, p.v.weight, H)[1]
-                else:
-                    w = fast.attend_shared(p.q(q_lead), p.k(blocks), p.v(blocks), visible, H)[1]
-                a_block = w.mean(1)
+                a_block = attend_blocks(q_lead, visible)[1].mean(1)
             p = self.proj["selective"]
             idx, valid = fast.select_blocks(a_block, visible, cfg.num_selected)  # eq. 10
             if shared and dense:  # gather once per query block

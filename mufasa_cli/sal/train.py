@@ -123,13 +123,13 @@ def user_embeddings(
     model.eval()
     tower = model.hist_tower(z)  # A_hist once per item, not once per history position
     out = torch.zeros(len(histories), model.cfg.d_model, device=z.device, dtype=z.dtype)
-    sizes = np.array([min(len(h), max_len) for h in histories], dtype=np.int64)
+    sizes = np.array([max(min(len(h), max_len), 1) for h in histories], dtype=np.int64)
     order = np.argsort(sizes, kind="stable")
     s = 0
     while s < len(order):
-        count = max(1, tokens // max(int(sizes[order[s]]), 1))
-        while count > 1 and int(sizes[order[min(s + count, len(order)) - 1]]) * count > tokens:
-            count //= 2  # the batch pads to its longest history
+        # sorted by length, a batch of n pads to its n-th history: the most n with n * that <= tokens
+        longest = sizes[order[s : s + tokens]]
+        count = max(1, int((longest * np.arange(1, len(longest) + 1) <= tokens).sum()))
         rows_of = order[s : s + count]
         ids, lengths = pad([histories[i] for i in rows_of], max_len)
         rows = tower.index_select(0, ids.to(z.device).flatten()).view(*ids.shape, -1)  # (B, L, D)
