@@ -173,9 +173,14 @@ class SALConfig:
     # (objective all: the queries of each query block of b positions share the top-k of the block's
     # first query, NSA-style grouping; causal, and what makes the fast path gather once per block)
     selection: str = "query"
+    # beyond the paper: dropout on the history rows h (item + position) while training, as
+    # SASRec's embedding dropout; 0 = none (the paper names no regulariser)
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         _positive(self, "d_model", "num_heads", "block_size", "num_selected", "max_len")
+        if not 0 <= self.dropout < 1:
+            raise RecipeError(f"--dropout {self.dropout}: must be in [0, 1)")
         if self.d_model % self.num_heads:
             raise RecipeError(f"d_model {self.d_model} must be divisible by num_heads {self.num_heads}")
         if self.window < 0:

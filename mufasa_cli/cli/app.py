@@ -334,6 +334,10 @@ def align_train(
             "the b queries of a query block share their first query's pick, so the fast kernel gathers once per block."
         ),
     ] = None,
+    dropout: Annotated[
+        float | None,
+        typer.Option(help="Beyond the paper: dropout on the history rows while training, in [0, 1) (0 = none)."),
+    ] = None,
     finetune_mfl: Annotated[
         bool | None,
         typer.Option(
@@ -385,6 +389,7 @@ def align_train(
         num_selected=num_selected,
         window=window,
         selection=selection,
+        dropout=dropout,
     )
     cfg = _replace_given(
         cfg,

@@ -84,6 +84,7 @@ class SALEncoder(nn.Module):
         self.hist_tower = nn.Sequential(nn.Linear(z_dim, D), nn.LayerNorm(D))
         self.position = nn.Embedding(cfg.max_len, D)
         nn.init.normal_(self.position.weight, std=0.02)
+        self.drop = nn.Dropout(cfg.dropout)  # on h while training; the identity in eval mode
         self.branches = [b for b in BRANCHES if b not in cfg.without] if cfg.attention == "sparse" else []
         # block attention also ranks the blocks that the selective branch reads, so it exists
         # whenever either branch does; `without block` only drops z_long from the gate
@@ -104,16 +105,17 @@ class SALEncoder(nn.Module):
     def history(self, z_hist: torch.Tensor, lengths: torch.Tensor, towered: bool = False) -> torch.Tensor:
         """(B, L, d_z) right-padded fused vectors -> h (B, L, D) with their position embeddings.
         towered: z_hist already holds A_hist(z) (B, L, D), e.g. rows of A_hist applied once
-        to the catalogue, which costs N rows instead of B * L when histories repeat items."""
+        to the catalogue, which costs N rows instead of B * L when histories repeat items.
+        In training mode, cfg.dropout zeroes entries of h (queries and keys alike)."""
         B, L, _ = z_hist.shape
         h = z_hist if towered else self.hist_tower(z_hist)
         table = self.position.weight
         if self.causal:  # counted from the start: the same row for every user, broadcast
             at = torch.arange(L, device=h.device).clamp(max=self.cfg.max_len - 1)
-            return h + table[at]
+            return self.drop(h + table[at])
         at = torch.arange(L, device=h.device)[None, :]
         pos = (lengths[:, None] - 1 - at).clamp(min=0, max=self.cfg.max_len - 1)  # counted from the end
-        return table.index_select(0, pos.flatten()).view(B, L, -1).add_(h)  # into the fresh rows: one tensor fewer
+        return self.drop(table.index_select(0, pos.flatten()).view(B, L, -1).add_(h))  # add into the fresh rows
 
     def users(
         self, z_hist: torch.Tensor, lengths: torch.Tensor, towered: bool = False

@@ -101,8 +101,28 @@ def test_items_tower_shape():
         ({"phi": "max"}, "phi"),
         ({"d_model": 10, "num_heads": 4}, "divisible"),
         ({"objective": "next"}, "--objective 'next'"),
+        ({"dropout": 1.0}, "--dropout 1.0"),
+        ({"dropout": -0.1}, "--dropout -0.1"),
     ],
 )
 def test_sal_config_rejects_bad_values(kwargs, message):
     with pytest.raises(RecipeError, match=message):
         SALConfig(**kwargs)
+
+
+@pytest.mark.parametrize("objective", ["last", "all"])
+def test_dropout_scales_kept_history_entries_in_training_and_is_off_in_eval(objective):
+    plain, dropped = _model(objective=objective), _model(objective=objective, dropout=0.5)
+    z, lengths = _hist([5, 3], L=5)
+    expected = plain.history(z, lengths)
+    torch.manual_seed(1)
+    h = dropped.train().history(z, lengths)
+    zeroed = h == 0
+    assert 0 < zeroed.float().mean() < 1  # p = 0.5 of 80 entries: some of each
+    # the kept entries are scaled by 1 / (1 - p) = 2
+    torch.testing.assert_close(h[~zeroed], 2 * expected[~zeroed])
+    dropped.eval()
+    torch.testing.assert_close(dropped.history(z, lengths), expected)
+    for kernel in ("reference", "fast"):
+        plain.kernel = dropped.kernel = kernel
+        torch.testing.assert_close(dropped.users(z, lengths)[0], plain.eval().users(z, lengths)[0])
