@@ -32,8 +32,6 @@ import math
 import torch
 from torch.nn import functional as F
 
-from mufasa_cli.sal.attention import visible_blocks
-
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """softmax over `dim` of the keys that `mask` allows (broadcastable to scores); rows with no
@@ -229,22 +227,81 @@ def causal_block_attention(
     positions, each scoring only the blocks complete by its last query, so the blocks that no
     query of a chunk can see (about half of them) are never scored.
 
+    Memory (recomputation, as in FlashAttention): the backward pass recomputes each chunk's
+    weights from q and k instead of keeping the (B, H, L, nB / 2) weights, the largest
+    activation of the `all` objective, for the price of one more chunk-sized matmul and
+    softmax.
+
     q: (B, L, D); k, v: (B, nB, D) block vectors; block_mask (B, nB).
     Returns z_long (B, L, D) and a_block, the weights averaged over heads, at positions
-    0, every, 2*every, ... (B, ceil(L/every), nB); `every` divides `chunk`.
+    0, every, 2*every, ... (B, ceil(L/every), nB), without a gradient (eq. 10 only ranks
+    them); `every` divides `chunk`.
     """
     B, L, D = q.shape
-    nB, H, dh = k.shape[1], num_heads, D // num_heads
+    H = num_heads
     chunk = max(every, chunk // every * every)
-    qh = heads(q / math.sqrt(dh), H)  # (B, H, L, dh), the scale folded into q
-    kh, vh = heads(k, H), heads(v, H)  # (B, H, nB, dh)
-    outs, weights = [], []
-    for start in range(0, L, chunk):
-        end = min(start + chunk, L)
-        nb = min(nB, end // block_size)  # blocks complete by position end - 1
-        pos = torch.arange(start, end, device=q.device)
-        mask = visible_blocks(block_mask[:, :nb], pos.expand(B, -1), block_size, causal=True)  # (B, end-start, nb)
-        w = masked_softmax(qh[:, :, start:end] @ kh[:, :, :nb].transpose(-1, -2), mask[:, None])
-        outs.append(w @ vh[:, :, :nb])  # (B, H, end-start, dh)
-        weights.append(F.pad(w[:, :, ::every].mean(1), (0, nB - nb)))
-    return merge_heads(torch.cat(outs, 2), L), torch.cat(weights, 1)
+    qh = heads(q / math.sqrt(D // H), H)  # (B, H, L, dh), the scale folded into q
+    out, a_block = _ChunkedBlockAttention.apply(qh, heads(k, H), heads(v, H), block_mask, block_size, chunk, every)
+    return merge_heads(out, L), a_block
+
+
+class _ChunkedBlockAttention(torch.autograd.Function):
+    """softmax(q k^T, causal block mask) v over query chunks, saving only q, k, v and the
+    output: backward recomputes each chunk's weights. qh (B, H, L, dh) scaled, kh, vh (B, H, nB, dh)."""
+
+    @staticmethod
+    def _weights(qh, kh, block_mask, block_size, start, end):
+        """The chunk's weights (B, H, end-start, nb) over the nb blocks complete by its last
+        query; a row with no visible block gets weights 0. The causal mask touches only the
+        blocks that complete inside the chunk: every query of the chunk sees the ones before."""
+        nb = min(kh.shape[2], end // block_size)
+        scores = qh[:, :, start:end] @ kh[:, :, :nb].transpose(-1, -2)
+        lowest = torch.finfo(qh.dtype).min
+        seen_by_all = min(nb, (start + 1) // block_size)  # blocks complete at the chunk's first query
+        pos = torch.arange(start, end, device=qh.device)
+        if nb > seen_by_all:
+            last_item = torch.arange(seen_by_all, nb, device=qh.device) * block_size + block_size - 1
+            scores[..., seen_by_all:].masked_fill_(last_item > pos[:, None], lowest)  # (end-start, nb-seen_by_all)
+        real = block_mask[:, :nb]
+        if not bool(real.all()):  # padding blocks: no query sees them
+            scores.masked_fill_(~real[:, None, None, :], lowest)
+        weights = torch.softmax(scores, -1)
+        # a row has a key when some real block is complete at its query
+        real_before = F.pad(real.cumsum(-1), (1, 0))  # (B, nb + 1): real blocks among the first j
+        has_key = real_before[:, ((pos + 1) // block_size).clamp(max=nb)] > 0  # (B, end-start)
+        if not bool(has_key.all()):
+            weights.mul_(has_key[:, None, :, None])
+        return weights, nb
+
+    @staticmethod
+    def forward(ctx, qh, kh, vh, block_mask, block_size, chunk, every):
+        B, H, L, dh = qh.shape
+        nB = kh.shape[2]
+        out = qh.new_empty(B, H, L, dh)
+        a_block = []
+        for start in range(0, L, chunk):
+            end = min(start + chunk, L)
+            w, nb = _ChunkedBlockAttention._weights(qh, kh, block_mask, block_size, start, end)
+            torch.matmul(w, vh[:, :, :nb], out=out[:, :, start:end])
+            a_block.append(F.pad(w[:, :, ::every].mean(1), (0, nB - nb)))
+        ctx.save_for_backward(qh, kh, vh, block_mask, out)
+        ctx.block_size, ctx.chunk = block_size, chunk
+        a_block = torch.cat(a_block, 1)
+        ctx.mark_non_differentiable(a_block)
+        return out, a_block
+
+    @staticmethod
+    def backward(ctx, d_out, _):
+        qh, kh, vh, block_mask, out = ctx.saved_tensors
+        L = qh.shape[2]
+        d_q, d_k, d_v = torch.zeros_like(qh), torch.zeros_like(kh), torch.zeros_like(vh)
+        delta = (d_out * out).sum(-1, keepdim=True)  # (B, H, L, 1): sum_j w_j dw_j of each row
+        for start in range(0, L, ctx.chunk):
+            end = min(start + ctx.chunk, L)
+            w, nb = _ChunkedBlockAttention._weights(qh, kh, block_mask, ctx.block_size, start, end)
+            g = d_out[:, :, start:end]
+            d_v[:, :, :nb] += w.transpose(-1, -2) @ g
+            d_s = (g @ vh[:, :, :nb].transpose(-1, -2)).sub_(delta[:, :, start:end]).mul_(w)  # softmax backward
+            torch.matmul(d_s, kh[:, :, :nb], out=d_q[:, :, start:end])
+            d_k[:, :, :nb] += d_s.transpose(-1, -2) @ qh[:, :, start:end]
+        return d_q, d_k, d_v, None, None, None, None

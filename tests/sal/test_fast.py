@@ -142,20 +142,35 @@ def test_band_window_equals_the_gathered_window(L):
         torch.testing.assert_close(fast.band_window_attention(q, k, v, windows, H), ref)
 
 
-@pytest.mark.parametrize("chunk", [4, 8, 512])
+@pytest.mark.parametrize("chunk", [2, 4, 8, 512])
 def test_chunked_causal_block_attention_equals_the_masked_dense_one(chunk):
     g = torch.Generator().manual_seed(chunk)
-    L, nB = 23, 6  # the last block is partial
+    L, nB = 23, 6  # the last block is partial; positions 0..b-2 see no block (zero rows)
     q = torch.randn(2, L, D, generator=g, dtype=torch.float64)
     k, v = (torch.randn(2, nB, D, generator=g, dtype=torch.float64) for _ in range(2))
     block_mask = torch.tensor([[True] * 6, [True, True, True, False, False, False]])  # user 2: 3 blocks
     qpos = torch.arange(L).expand(2, L)
     visible = A.visible_blocks(block_mask, qpos, b, causal=True)
-    ref, ref_a = A.block_attention(q, k, v, visible, H)
-    for every in (1, 4):
-        out, a = fast.causal_block_attention(q, k, v, block_mask, b, H, every=every, chunk=chunk)
+    x = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref, ref_a = A.block_attention(*x, visible, H)
+    d_out = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    ref_grads = torch.autograd.grad(ref, x, d_out)
+    for every in (1, 2) if chunk == 2 else (1, 4):
+        out, a = fast.causal_block_attention(*x, block_mask, b, H, every=every, chunk=chunk)
         torch.testing.assert_close(out, ref)
         torch.testing.assert_close(a, ref_a[:, ::every])
+        assert not a.requires_grad  # eq. 10 only ranks the weights
+        # the backward pass recomputes the weights chunk by chunk: the same gradients
+        for got, want in zip(torch.autograd.grad(out, x, d_out), ref_grads, strict=True):
+            torch.testing.assert_close(got, want)
+
+
+def test_chunked_causal_block_attention_passes_gradcheck():
+    g = torch.Generator().manual_seed(3)
+    L, nB = 11, 3
+    x = [torch.randn(1, n, D, generator=g, dtype=torch.float64, requires_grad=True) for n in (L, nB, nB)]
+    block_mask = torch.tensor([[True, True, True]])
+    assert torch.autograd.gradcheck(lambda *t: fast.causal_block_attention(*t, block_mask, b, H, chunk=4)[0], x)
 
 
 def test_shared_selective_attends_exactly_the_items_of_the_query_blocks_selection():
