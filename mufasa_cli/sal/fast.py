@@ -154,24 +154,78 @@ def shared_selective_attention(
     their selection: query block g (positions g*b .. g*b+b-1) attends to the items of the
     blocks idx[:, g] (B, nG, kk), all complete before its first query, so no item needs a
     per-query mask. The blocks are gathered once per query block, already split into heads,
-    and scored by one batched matmul of its b queries. q, k, v: (B, L, D) -> (B, L, D)."""
+    and scored by one batched matmul of its b queries; the backward pass gathers them again
+    instead of keeping them (kk times the size of k and of v). q, k, v: (B, L, D) -> (B, L, D)."""
     B, L, D = q.shape
     H, dh, b = num_heads, D // num_heads, block_size
-    nG, kk = idx.shape[1], idx.shape[2]
-    S = kk * b
-    # row (user, head, block) of the (B * H * nB, b * dh) block table, for every selected slot
+    nG = idx.shape[1]
+    # row (user, head, block) of the (B * H * nG, b * dh) block table, for every selected slot
     user_head = torch.arange(B * H, device=q.device).view(B, H, 1, 1) * nG
     rows = (user_head + idx[:, None]).flatten()  # (B * H * nG * kk,)
-
-    def selected_items(x: torch.Tensor) -> torch.Tensor:
-        table = F.pad(heads(x, H), (0, 0, 0, nG * b - L)).view(B * H * nG, b * dh)
-        return table.index_select(0, rows).view(B, H, nG, S, dh)
-
-    qg = F.pad(heads(q / math.sqrt(dh), H), (0, 0, 0, nG * b - L)).view(B, H, nG, b, dh)
-    scores = qg @ selected_items(k).transpose(-1, -2)  # (B, H, nG, b, S)
-    ok = selected.repeat_interleave(b, dim=-1)[:, None, :, None, :]  # (B, 1, nG, 1, S)
-    out = masked_softmax(scores, ok) @ selected_items(v)  # (B, H, nG, b, dh)
+    table = lambda x: F.pad(heads(x, H), (0, 0, 0, nG * b - L)).view(B * H * nG, b * dh)  # noqa: E731
+    qg = table(q / math.sqrt(dh)).view(B * H * nG, b, dh)
+    ok = selected[:, None].expand(B, H, *selected.shape[1:]).reshape(B * H * nG, 1, -1)  # (B*H*nG, 1, kk)
+    out = _SelectedBlocks.apply(qg, table(k), table(v), rows, ok, b)  # (B*H*nG, b, dh)
     return merge_heads(out.view(B, H, nG * b, dh), L)
+
+
+class _SelectedBlocks(torch.autograd.Function):
+    """Attention of each query group (b queries) over the items of its kk gathered blocks, as
+    3-D batched matmuls (one batch entry per user, head and group): qg (G, b, dh); k_table,
+    v_table (G, b*dh) with G = B*H*nG; rows (G*kk,) the table rows of each group's slots;
+    ok (G, 1, kk) which slots hold a block. Saves its inputs and output only, and goes through
+    the groups in slices of about GROUP_FLOATS gathered and scored floats, so that what it
+    gathers never piles up (kk times the size of k and v, twice over in the backward pass)."""
+
+    GROUP_FLOATS = 1 << 21
+
+    @staticmethod
+    def _slices(qg, ok):
+        G, b, dh = qg.shape
+        S = ok.shape[-1] * b
+        step = max(1, _SelectedBlocks.GROUP_FLOATS // (S * (2 * dh + 2 * b)))
+        return [(s, min(s + step, G)) for s in range(0, G, step)]
+
+    @staticmethod
+    def _gathered(qg, k_table, v_table, rows, ok, s, e):
+        """For groups s..e-1: (weights (n, b, S), keys, values (n, S, dh)); a group with no
+        block gets weights 0."""
+        n, (_, b, dh) = e - s, qg.shape
+        kk = ok.shape[-1]
+        picked = rows[s * kk : e * kk]
+        keys = k_table.index_select(0, picked).view(n, -1, dh)
+        values = v_table.index_select(0, picked).view(n, -1, dh)
+        scores = torch.bmm(qg[s:e], keys.transpose(1, 2))  # (n, b, S)
+        scores.view(n, b, kk, b).masked_fill_(~ok[s:e, ..., None], torch.finfo(qg.dtype).min)
+        weights = torch.softmax(scores, -1)
+        empty = torch.nonzero(~ok[s:e].any(-1).flatten()).flatten()  # groups before the first complete block
+        if len(empty):
+            weights.index_fill_(0, empty, 0.0)
+        return weights, keys, values
+
+    @staticmethod
+    def forward(ctx, qg, k_table, v_table, rows, ok, b):
+        out = torch.empty_like(qg)
+        for s, e in _SelectedBlocks._slices(qg, ok):
+            weights, _, values = _SelectedBlocks._gathered(qg, k_table, v_table, rows, ok, s, e)
+            torch.bmm(weights, values, out=out[s:e])
+        ctx.save_for_backward(qg, k_table, v_table, rows, ok, out)
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        qg, k_table, v_table, rows, ok, out = ctx.saved_tensors
+        kk = ok.shape[-1]
+        d_q, d_k_table, d_v_table = torch.empty_like(qg), torch.zeros_like(k_table), torch.zeros_like(v_table)
+        delta = (d_out * out).sum(-1, keepdim=True)  # (G, b, 1): sum_j w_j dw_j of each row
+        for s, e in _SelectedBlocks._slices(qg, ok):
+            weights, keys, values = _SelectedBlocks._gathered(qg, k_table, v_table, rows, ok, s, e)
+            g, picked = d_out[s:e], rows[s * kk : e * kk]
+            d_v_table.index_add_(0, picked, torch.bmm(weights.transpose(1, 2), g).view(len(picked), -1))
+            d_s = torch.bmm(g, values.transpose(1, 2)).sub_(delta[s:e]).mul_(weights)  # softmax backward
+            torch.bmm(d_s, keys, out=d_q[s:e])
+            d_k_table.index_add_(0, picked, torch.bmm(d_s.transpose(1, 2), qg[s:e]).view(len(picked), -1))
+        return d_q, d_k_table, d_v_table, None, None, None
 
 
 def query_side_block_attention(

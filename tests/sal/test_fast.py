@@ -173,22 +173,38 @@ def test_chunked_causal_block_attention_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda *t: fast.causal_block_attention(*t, block_mask, b, H, chunk=4)[0], x)
 
 
-def test_shared_selective_attends_exactly_the_items_of_the_query_blocks_selection():
+@pytest.mark.parametrize("group_floats", [1, 1 << 21])  # one query group per slice; all in one
+def test_shared_selective_attends_exactly_the_items_of_the_query_blocks_selection(monkeypatch, group_floats):
+    """Outputs and gradients (its backward pass gathers the blocks again) equal per-query
+    attention over the selected items; a query block with no selected block gets 0."""
+    monkeypatch.setattr(fast._SelectedBlocks, "GROUP_FLOATS", group_floats)
     g = torch.Generator().manual_seed(7)
     L = 14  # query blocks 0..3, the last partial
-    q, k, v = (torch.randn(1, L, D, generator=g, dtype=torch.float64) for _ in range(3))
-    idx = torch.tensor([[[0, 1], [0, 1], [1, 0], [2, 0]]])  # (1, nG, 2)
-    ok = torch.tensor([[[False, False], [True, False], [True, True], [True, False]]])
+    x = [torch.randn(2, L, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    q, k, v = x
+    idx = torch.tensor([[[0, 1], [0, 1], [1, 0], [2, 0]], [[0, 0], [0, 1], [0, 1], [2, 1]]])  # (2, nG, 2)
+    ok = torch.tensor(
+        [
+            [[False, False], [True, False], [True, True], [True, False]],
+            [[False, False], [True, False], [True, True], [True, True]],
+        ]
+    )
     out = fast.shared_selective_attention(q, k, v, idx, ok, b, H)
-    for t in range(L):
-        g_ = t // b
-        positions = [int(j) * b + i for j, keep in zip(idx[0, g_], ok[0, g_], strict=True) if keep for i in range(b)]
-        pos = torch.tensor(positions, dtype=torch.long)
-        if not positions:
-            assert torch.equal(out[0, t], torch.zeros(D, dtype=torch.float64))
-            continue
-        ref, _ = A.attend(q[:, t : t + 1], k[:, pos], v[:, pos], torch.ones(1, 1, len(pos), dtype=torch.bool), H)
-        torch.testing.assert_close(out[0, t], ref[0, 0])
+    ref = torch.zeros_like(out)
+    for u in range(2):
+        for t in range(L):
+            g_ = t // b
+            picked = zip(idx[u, g_], ok[u, g_], strict=True)
+            pos = torch.tensor([int(j) * b + i for j, keep in picked if keep for i in range(b)], dtype=torch.long)
+            if not len(pos):
+                assert torch.equal(out[u, t], torch.zeros(D, dtype=torch.float64))
+                continue
+            one = torch.ones(1, 1, len(pos), dtype=torch.bool)
+            ref[u, t] = A.attend(q[u : u + 1, t : t + 1], k[u : u + 1, pos], v[u : u + 1, pos], one, H)[0][0, 0]
+    torch.testing.assert_close(out, ref)
+    d_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    for got, want in zip(torch.autograd.grad(out, x, d_out), torch.autograd.grad(ref, x, d_out), strict=True):
+        torch.testing.assert_close(got, want)
 
 
 def test_query_side_block_attention_equals_attention_over_the_projected_block_vectors():
