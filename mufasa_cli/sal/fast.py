@@ -92,28 +92,91 @@ def band_window_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: torch.Tensor, num_heads: int
 ) -> torch.Tensor:
     """The window branch (eqs. 6-7) for dense causal queries: query p attends to the items
-    p - W_p + 1 .. p. q, k, v: (B, L, D), windows (B, L) -> (B, L, D)."""
+    p - W_p + 1 .. p. Queries in chunks of c = W_max attend to their chunk and the previous
+    one (2c keys) through one batched matmul, masked to each query's W; the chunks go in
+    slices (`_BandWindow`). q, k, v: (B, L, D), windows (B, L) -> (B, L, D)."""
     B, L, D = q.shape
     H, dh = num_heads, D // num_heads
     c = max(int(windows.max()), 1)
     nC = -(-L // c)
-    pad = nC * c - L
-    qc = F.pad(heads(q / math.sqrt(dh), H), (0, 0, 0, pad)).view(B, H, nC, c, dh)
+    # chunk -1 (left of position 0) and the tail padding: zero rows, masked out
+    padded = lambda x: F.pad(heads(x, H), (0, 0, c, nC * c - L))  # noqa: E731  (B, H, (nC + 1) * c, dh)
+    w = F.pad(windows, (0, nC * c - L)).view(B, 1, nC, c, 1)  # padded queries: window 0, no key
+    out = _BandWindow.apply(padded(q / math.sqrt(dh)), padded(k), padded(v), w, c)  # (B, H, (nC + 1) * c, dh)
+    return merge_heads(out[:, :, c:], L)
 
-    def two_chunks(x: torch.Tensor) -> torch.Tensor:
-        """(B, L, D) -> (B, H, nC, 2c, dh): for chunk i, the items of chunks i-1 and i."""
-        xc = F.pad(heads(x, H), (0, 0, c, pad)).view(B, H, nC + 1, c, dh)
+
+class _BandWindow(torch.autograd.Function):
+    """Banded attention over chunks: chunk i of the queries (rows (i+1)*c .. of the padded
+    (B, H, (nC+1)*c, dh) tensors) attends to key chunks i-1 and i, masked to each query's
+    window w (B, 1, nC, c, 1). Slices of chunks of about SLICE_FLOATS scores each; saves its
+    inputs, output and weights, and gathers the key chunks again in the backward pass."""
+
+    SLICE_FLOATS = 1 << 20
+
+    @staticmethod
+    def _slices(qp, c):
+        B, H, rows, _ = qp.shape
+        nC = rows // c - 1
+        step = max(1, _BandWindow.SLICE_FLOATS // (B * H * c * 2 * c))
+        return [(s, min(s + step, nC)) for s in range(0, nC, step)]
+
+    @staticmethod
+    def _weights(qp, kp, vp, w, c, s, e):
+        """Query chunks s..e-1: (weights (B, H, n, c, 2c), their 2c keys and values (B, H, n, 2c, dh))."""
+        B, H, _, dh = qp.shape
+        n = e - s
+        q = qp[:, :, (s + 1) * c : (e + 1) * c].view(B, H, n, c, dh)
+
+        keys = _BandWindow._chunk_pairs(kp, c, s, e)
+        r = torch.arange(c, device=qp.device)[:, None]
+        t = torch.arange(2 * c, device=qp.device)[None, :]
+        distance = r + c - t  # query position - key position, (c, 2c)
+        first = (torch.arange(s, e, device=qp.device) == 0)[:, None, None] & (t < c)  # keys left of position 0
+        mask = (distance >= 0) & (distance < w[:, :, s:e]) & ~first  # (B, 1, n, c, 2c)
+        return masked_softmax(q @ keys.transpose(-1, -2), mask), keys, _BandWindow._chunk_pairs(vp, c, s, e)
+
+    @staticmethod
+    def _chunk_pairs(x, c, s, e):
+        """For chunks s..e-1 of x (B, H, (nC+1)*c, dh), the rows of chunks i-1 and i: (B, H, n, 2c, dh)."""
+        B, H, _, dh = x.shape
+        xc = x[:, :, s * c : (e + 1) * c].view(B, H, e - s + 1, c, dh)
         return torch.cat([xc[:, :, :-1], xc[:, :, 1:]], dim=3)
 
-    scores = qc @ two_chunks(k).transpose(-1, -2)  # (B, H, nC, c, 2c)
-    r = torch.arange(c, device=q.device)[:, None]
-    s = torch.arange(2 * c, device=q.device)[None, :]
-    distance = r + c - s  # query position - key position, (c, 2c)
-    first = (torch.arange(nC, device=q.device) == 0)[:, None, None] & (s < c)  # keys left of position 0
-    w = F.pad(windows, (0, pad)).view(B, nC, c, 1)  # padded queries: window 0, no key
-    mask = (distance >= 0) & (distance < w) & ~first  # (B, nC, c, 2c)
-    out = masked_softmax(scores, mask[:, None]) @ two_chunks(v)  # (B, H, nC, c, dh)
-    return merge_heads(out.view(B, H, nC * c, dh), L)
+    @staticmethod
+    def forward(ctx, qp, kp, vp, w, c):
+        B, H, _, dh = qp.shape
+        out = torch.zeros_like(qp)
+        all_weights = []  # (B, H, n, c, 2c) per slice: 2c / dh times the size of q
+        for s, e in _BandWindow._slices(qp, c):
+            weights, _, values = _BandWindow._weights(qp, kp, vp, w, c, s, e)
+            out[:, :, (s + 1) * c : (e + 1) * c] = (weights @ values).view(B, H, -1, dh)
+            all_weights.append(weights)
+        ctx.save_for_backward(qp, kp, vp, out, *all_weights)
+        ctx.c = c
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        qp, kp, vp, out, *all_weights = ctx.saved_tensors
+        c = ctx.c
+        B, H, _, dh = qp.shape
+        d_q, d_k, d_v = torch.zeros_like(qp), torch.zeros_like(kp), torch.zeros_like(vp)
+        delta = (d_out * out).sum(-1, keepdim=True)  # sum_j w_j dw_j of each row
+        for (s, e), weights in zip(_BandWindow._slices(qp, c), all_weights, strict=True):
+            n = e - s
+            keys, values = _BandWindow._chunk_pairs(kp, c, s, e), _BandWindow._chunk_pairs(vp, c, s, e)
+            rows = slice((s + 1) * c, (e + 1) * c)
+            g = d_out[:, :, rows].view(B, H, n, c, dh)
+            d_s = (g @ values.transpose(-1, -2)).sub_(delta[:, :, rows].view(B, H, n, c, 1)).mul_(weights)
+            d_q[:, :, rows] = (d_s @ keys).view(B, H, -1, dh)
+            q = qp[:, :, rows].view(B, H, n, c, dh)
+            for grad, part in ((d_k, d_s.transpose(-1, -2) @ q), (d_v, weights.transpose(-1, -2) @ g)):
+                # keys 0..c-1 of chunk i are rows of chunk i-1, keys c..2c-1 rows of chunk i
+                chunks = grad[:, :, s * c : (e + 1) * c].view(B, H, n + 1, c, dh)
+                chunks[:, :, :-1] += part[:, :, :, :c]
+                chunks[:, :, 1:] += part[:, :, :, c:]
+        return d_q, d_k, d_v, None, None
 
 
 def select_blocks(a_block: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

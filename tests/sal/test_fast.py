@@ -132,14 +132,21 @@ def test_select_blocks_matches_the_reference_order_including_ties():
     assert fast.select_blocks(a, visible, 3)[0][0].tolist() == [5, 2, 1]  # ties: the more recent first
 
 
+@pytest.mark.parametrize("slice_floats", [1, 1 << 20])  # one chunk per slice; all in one
 @pytest.mark.parametrize("L", [1, 3, 8, 9, 23])
-def test_band_window_equals_the_gathered_window(L):
+def test_band_window_equals_the_gathered_window(monkeypatch, L, slice_floats):
+    """Outputs and gradients (recomputed slice by slice in the backward pass)."""
+    monkeypatch.setattr(fast._BandWindow, "SLICE_FLOATS", slice_floats)
     g = torch.Generator().manual_seed(L)
-    q, k, v = (torch.randn(2, L, D, generator=g, dtype=torch.float64) for _ in range(3))
+    x = [torch.randn(2, L, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
     qpos = torch.arange(L).expand(2, L)
     for windows in (A.paper_window_sizes(qpos + 1), torch.full((2, L), 3), torch.randint(1, 6, (2, L), generator=g)):
-        ref, _ = A.window_attention(q, k, v, qpos, windows, H)
-        torch.testing.assert_close(fast.band_window_attention(q, k, v, windows, H), ref)
+        ref, _ = A.window_attention(*x, qpos, windows, H)
+        out = fast.band_window_attention(*x, windows, H)
+        torch.testing.assert_close(out, ref)
+        d_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+        for got, want in zip(torch.autograd.grad(out, x, d_out), torch.autograd.grad(ref, x, d_out), strict=True):
+            torch.testing.assert_close(got, want)
 
 
 @pytest.mark.parametrize("chunk", [2, 4, 8, 512])
