@@ -214,6 +214,10 @@ class AlignConfig:
     # beyond the paper: a trainable per-item vector added to z (zero at the start) for the items
     # trained on, so the SAL can learn what content alone does not say; cold items keep their z
     item_ids: bool = False
+    # batches of users of similar history length: each run of length_pool * batch_size
+    # shuffled users is sorted by length before it is cut into batches (0 = plain shuffled
+    # batches); less padding, so shorter steps where lengths vary
+    length_pool: int = 0
     # `last` sees one target per user per epoch: many short epochs, validated every 5
     train: TrainConfig = TrainConfig(epochs=150, batch_size=128, lr=3e-3, patience=6, eval_every=5)
     # `all` sees every next item of every user each epoch: few long epochs, validated each one
@@ -221,8 +225,8 @@ class AlignConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "tau", "in_batch_negatives")
-        if self.uniform_negatives < 0 or self.mfl_weight < 0:
-            raise RecipeError("uniform_negatives and mfl_weight must be >= 0")
+        if self.uniform_negatives < 0 or self.mfl_weight < 0 or self.length_pool < 0:
+            raise RecipeError("uniform_negatives, mfl_weight and length_pool must be >= 0")
 
 
 @dataclass(frozen=True)

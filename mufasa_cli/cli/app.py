@@ -359,6 +359,13 @@ def align_train(
     learn_tau: Annotated[
         bool | None, typer.Option("--learn-tau/--fixed-tau", help="Learn the softmax temperature.")
     ] = None,
+    length_pool: Annotated[
+        int | None,
+        typer.Option(
+            help="Batch users of similar history length: sort each run of N batches' worth of shuffled users "
+            "by length before cutting it into batches (0 = plain shuffled batches)."
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (upper bound; early stopping on valid NDCG@10).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Users per batch.")] = None,
@@ -399,6 +406,7 @@ def align_train(
         uniform_negatives=uniform_negatives,
         finetune_mfl=finetune_mfl,
         item_ids=item_ids,
+        length_pool=length_pool,
     )
     schedule = "train_all" if sal.objective == "all" else "train"
     cfg = dataclasses.replace(

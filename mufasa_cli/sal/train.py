@@ -199,13 +199,28 @@ def split_for_training(seqs: Sequences, num_items: int, data_dir: Path) -> Train
     return TrainData(train_seqs, valid_hist, np.array(valid_target, dtype=np.int64), num_items)
 
 
-def last_batches(data: TrainData, bs: int, max_len: int, device: torch.device):
+def user_batches(rng: np.random.Generator, lengths: np.ndarray, bs: int, pool: int) -> list[np.ndarray]:
+    """The users (rows of `lengths`) of each batch of an epoch: shuffled, cut into batches of
+    bs. With pool > 0, each run of pool * bs shuffled users is sorted by length before the
+    cut, and the batches are shuffled again, so that a batch pads its histories to a length
+    close to each of its own (random batches of short histories are mostly padding). Every
+    batch but the last has bs users either way."""
+    order = rng.permutation(len(lengths))
+    if pool > 0:
+        span = pool * bs
+        order = np.concatenate(
+            [part[np.argsort(lengths[part], kind="stable")] for part in np.split(order, range(span, len(order), span))]
+        )
+    cut = [order[s : s + bs] for s in range(0, len(order), bs)]
+    return [cut[i] for i in rng.permutation(len(cut))] if pool > 0 else cut
+
+
+def last_batches(data: TrainData, bs: int, max_len: int, device: torch.device, pool: int = 0):
     """Objective `last`: one random cut per user; yields (ids, lengths, qpos (B, 1), targets (B, 1))."""
+    sizes = np.array([min(len(q) - 1, max_len) for q in data.train_seqs])
 
     def batches(rng: np.random.Generator):
-        order = rng.permutation(len(data.train_seqs))
-        for s in range(0, len(order), bs):
-            rows = order[s : s + bs]
+        for rows in user_batches(rng, sizes, bs, pool):
             if len(rows) < 2:
                 continue
             hist, targets = [], []
@@ -221,14 +236,14 @@ def last_batches(data: TrainData, bs: int, max_len: int, device: torch.device):
     return batches
 
 
-def all_batches(data: TrainData, bs: int, max_len: int, device: torch.device):
+def all_batches(data: TrainData, bs: int, max_len: int, device: torch.device, pool: int = 0):
     """Objective `all`: every position of the most recent max_len + 1 train items is a query
     for the next item; yields (ids, lengths, qpos (B, L), targets (B, L), -1 = no query)."""
+    sizes = np.array([min(len(q) - 1, max_len) for q in data.train_seqs])
 
     def batches(rng: np.random.Generator):
-        order = rng.permutation(len(data.train_seqs))
-        for s in range(0, len(order), bs):
-            seqs = [data.train_seqs[r][-(max_len + 1) :] for r in order[s : s + bs]]
+        for rows in user_batches(rng, sizes, bs, pool):
+            seqs = [data.train_seqs[r][-(max_len + 1) :] for r in rows]
             ids, lengths = pad([q[:-1] for q in seqs], max_len)
             targets = torch.full(ids.shape, -1, dtype=torch.long)
             for i, q in enumerate(seqs):
@@ -279,7 +294,7 @@ def run_align(
     log_p = item_log_q(trained, N).to(device)
     train_cfg = train_config(cfg)
     make = all_batches if cfg.sal.objective == "all" else last_batches
-    batches = make(data, train_cfg.batch_size, cfg.sal.max_len, device)
+    batches = make(data, train_cfg.batch_size, cfg.sal.max_len, device, cfg.length_pool)
 
     def item_vectors(items: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """(unique items, their content z) for the ids in `items`; z recomputed when finetuning."""

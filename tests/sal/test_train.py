@@ -330,3 +330,37 @@ def test_objective_all_batches_query_every_position_and_real_outputs_match_clamp
         ref, _ = model.encode(z[ids], lengths, clamped)
     torch.testing.assert_close(dense[real], ref[real], rtol=1e-10, atol=1e-12)
     assert int(real.sum()) == sum(len(s) - 1 for s in seqs)
+
+
+def test_user_batches_without_a_pool_are_the_shuffled_order_cut_in_batches():
+    lengths = np.array([3, 9, 1, 4, 7])
+    batches = sal_train.user_batches(np.random.default_rng(5), lengths, 2, pool=0)
+    order = np.random.default_rng(5).permutation(5)
+    assert [b.tolist() for b in batches] == [order[:2].tolist(), order[2:4].tolist(), order[4:].tolist()]
+
+
+def test_length_pool_batches_users_of_similar_length():
+    """Pools of pool * bs shuffled users, each sorted by length, cut into batches of bs (only
+    the last batch may be smaller): every user once, and far less padding."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, 1000)
+    plain = sal_train.user_batches(np.random.default_rng(1), lengths, 16, pool=0)
+    pooled = sal_train.user_batches(np.random.default_rng(1), lengths, 16, pool=10)
+    assert sorted(np.concatenate(pooled).tolist()) == list(range(1000))
+    assert sorted(len(b) for b in pooled) == sorted(len(b) for b in plain) == [8] + [16] * 62
+    padded = lambda batches: sum(len(b) * lengths[b].max() for b in batches)  # noqa: E731
+    assert padded(pooled) < 0.7 * padded(plain)
+    # within a pool of 160 users, the batches are consecutive runs of the sorted lengths
+    order = np.random.default_rng(1).permutation(1000)
+    first_pool = order[:160][np.argsort(lengths[order[:160]], kind="stable")]
+    assert any(b.tolist() == first_pool[:16].tolist() for b in pooled)
+
+
+def test_length_pool_trains_and_is_recorded(fused, tmp_path):
+    run = _copy(fused, tmp_path)
+    result = invoke("align-train", run, "--objective", "all", "--epochs", "1", "--length-pool", "4")
+    assert result.exit_code == 0, result.output
+    assert artifacts.read_manifest(run / "align")["config"]["length_pool"] == 4
+    result = invoke("align-train", run, "--force", "--length-pool", "-1")
+    assert result.exit_code == 2 and "length_pool must be >= 0" in result.stderr
+    assert artifacts.read_manifest(run / "align")["config"]["length_pool"] == 4  # the trained model survives
