@@ -215,8 +215,9 @@ class AlignConfig:
     # trained on, so the SAL can learn what content alone does not say; cold items keep their z
     item_ids: bool = False
     # batches of users of similar history length: each run of length_pool * batch_size
-    # shuffled users is sorted by length before it is cut into batches (0 = plain shuffled
-    # batches); less padding, so shorter steps where lengths vary
+    # shuffled users is sorted by length before it is cut into length_pool batches (with
+    # objective all, of about equal numbers of targets); 0 = plain shuffled batches. Less
+    # padding, so shorter steps where lengths vary
     length_pool: int = 0
     # `last` sees one target per user per epoch: many short epochs, validated every 5
     train: TrainConfig = TrainConfig(epochs=150, batch_size=128, lr=3e-3, patience=6, eval_every=5)

@@ -199,20 +199,30 @@ def split_for_training(seqs: Sequences, num_items: int, data_dir: Path) -> Train
     return TrainData(train_seqs, valid_hist, np.array(valid_target, dtype=np.int64), num_items)
 
 
-def user_batches(rng: np.random.Generator, lengths: np.ndarray, bs: int, pool: int) -> list[np.ndarray]:
+def user_batches(
+    rng: np.random.Generator, lengths: np.ndarray, bs: int, pool: int, targets: np.ndarray | None = None
+) -> list[np.ndarray]:
     """The users (rows of `lengths`) of each batch of an epoch: shuffled, cut into batches of
-    bs. With pool > 0, each run of pool * bs shuffled users is sorted by length before the
-    cut, and the batches are shuffled again, so that a batch pads its histories to a length
-    close to each of its own (random batches of short histories are mostly padding). Every
-    batch but the last has bs users either way."""
+    bs. With pool > 0, each run of pool * bs shuffled users is sorted by length and cut into
+    as many batches as bs users a batch would give, each with about the same number of
+    `targets` (per user; default 1 each, i.e. bs users a batch); the batches are shuffled
+    again. A batch then pads its histories to a length close to each of its own (random
+    batches of short histories are mostly padding), and every target weighs about the same
+    in its step's mean loss, as in random batches."""
     order = rng.permutation(len(lengths))
-    if pool > 0:
-        span = pool * bs
-        order = np.concatenate(
-            [part[np.argsort(lengths[part], kind="stable")] for part in np.split(order, range(span, len(order), span))]
-        )
-    cut = [order[s : s + bs] for s in range(0, len(order), bs)]
-    return [cut[i] for i in rng.permutation(len(cut))] if pool > 0 else cut
+    if pool <= 0:
+        return [order[s : s + bs] for s in range(0, len(order), bs)]
+    cut = []
+    for part in np.split(order, range(pool * bs, len(order), pool * bs)):
+        part = part[np.argsort(lengths[part], kind="stable")]
+        if targets is None:
+            ends = range(bs, len(part), bs)
+        else:  # the batch ends where the running total of targets crosses each 1/n of the pool's
+            total = np.cumsum(targets[part])
+            n = -(-len(part) // bs)
+            ends = np.searchsorted(total, total[-1] * np.arange(1, n) / n, side="right")
+        cut += [b for b in np.split(part, ends) if len(b)]
+    return [cut[i] for i in rng.permutation(len(cut))]
 
 
 def last_batches(data: TrainData, bs: int, max_len: int, device: torch.device, pool: int = 0):
@@ -239,10 +249,10 @@ def last_batches(data: TrainData, bs: int, max_len: int, device: torch.device, p
 def all_batches(data: TrainData, bs: int, max_len: int, device: torch.device, pool: int = 0):
     """Objective `all`: every position of the most recent max_len + 1 train items is a query
     for the next item; yields (ids, lengths, qpos (B, L), targets (B, L), -1 = no query)."""
-    sizes = np.array([min(len(q) - 1, max_len) for q in data.train_seqs])
+    sizes = np.array([min(len(q) - 1, max_len) for q in data.train_seqs])  # = targets of each user
 
     def batches(rng: np.random.Generator):
-        for rows in user_batches(rng, sizes, bs, pool):
+        for rows in user_batches(rng, sizes, bs, pool, targets=sizes):
             seqs = [data.train_seqs[r][-(max_len + 1) :] for r in rows]
             ids, lengths = pad([q[:-1] for q in seqs], max_len)
             targets = torch.full(ids.shape, -1, dtype=torch.long)

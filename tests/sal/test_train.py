@@ -340,8 +340,9 @@ def test_user_batches_without_a_pool_are_the_shuffled_order_cut_in_batches():
 
 
 def test_length_pool_batches_users_of_similar_length():
-    """Pools of pool * bs shuffled users, each sorted by length, cut into batches of bs (only
-    the last batch may be smaller): every user once, and far less padding."""
+    """Pools of pool * bs shuffled users, each sorted by length and cut into as many batches
+    as bs users each would give: every user once, and far less padding. Without targets
+    every batch has bs users (the last pool's last fewer)."""
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 200, 1000)
     plain = sal_train.user_batches(np.random.default_rng(1), lengths, 16, pool=0)
@@ -354,6 +355,21 @@ def test_length_pool_batches_users_of_similar_length():
     order = np.random.default_rng(1).permutation(1000)
     first_pool = order[:160][np.argsort(lengths[order[:160]], kind="stable")]
     assert any(b.tolist() == first_pool[:16].tolist() for b in pooled)
+
+
+def test_length_pool_with_targets_balances_the_targets_of_each_batch():
+    """Objective all: a pool's batches hold about equal numbers of targets, so short
+    histories come many to a batch and long ones few; hand-checked on one pool."""
+    lengths = np.array([1, 1, 1, 1, 1, 1, 2, 2, 6, 8])  # 24 targets, 10 users: 3 batches of 4 users a pool
+    batches = sal_train.user_batches(np.random.default_rng(0), lengths, 4, pool=3, targets=lengths)
+    # sorted 1 1 1 1 1 1 2 2 6 8, running totals 1..6, 8, 10, 16, 24: cuts after totals 8 and 16
+    assert sorted(sorted(lengths[b].tolist()) for b in batches) == [[1, 1, 1, 1, 1, 1, 2], [2, 6], [8]]
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, 1000)
+    pooled = sal_train.user_batches(np.random.default_rng(1), lengths, 16, pool=10, targets=lengths)
+    assert sorted(np.concatenate(pooled).tolist()) == list(range(1000)) and len(pooled) == 63
+    share = np.array([lengths[b].sum() for b in pooled[:-1]])
+    assert share.max() < 2 * np.median(share)  # about equal, unlike users of length 1 vs 199
 
 
 def test_length_pool_trains_and_is_recorded(fused, tmp_path):
