@@ -17,6 +17,11 @@ instead:
   branches gather the history vectors h first and project only what was gathered (the K/V
   maps are linear, so project-then-gather = gather-then-project): W + k*b projected rows per
   user instead of L.
+- Memory of the dense causal path (objective `all`): the block, shared selective and window
+  branches are autograd functions that keep their inputs and outputs (the window also its
+  small weights) and recompute the rest in the backward pass: block weights chunk by chunk,
+  selected blocks and key chunks gathered again, slice by slice, so that no (B, H, L, nB/2)
+  weights or k-fold gathered keys stay alive.
 - Selected blocks are gathered whole (rows of b*D floats) instead of item by item, and top-k
   is a `topk` over integer keys that encode (weight, block index), so ties go to the more
   recent block exactly as the reference's stable sort does.
