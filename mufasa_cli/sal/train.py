@@ -182,6 +182,10 @@ class TrainData:
     valid_target: np.ndarray
     num_items: int
 
+    def sizes(self, max_len: int) -> np.ndarray:
+        """Each training user's history length within max_len: its targets under objective `all`."""
+        return np.array([min(len(q) - 1, max_len) for q in self.train_seqs])
+
 
 def split_for_training(seqs: Sequences, num_items: int, data_dir: Path) -> TrainData:
     train_seqs, valid_hist, valid_target = [], [], []
@@ -227,7 +231,7 @@ def user_batches(
 
 def last_batches(data: TrainData, bs: int, max_len: int, device: torch.device, pool: int = 0):
     """Objective `last`: one random cut per user; yields (ids, lengths, qpos (B, 1), targets (B, 1))."""
-    sizes = np.array([min(len(q) - 1, max_len) for q in data.train_seqs])
+    sizes = data.sizes(max_len)
 
     def batches(rng: np.random.Generator):
         for rows in user_batches(rng, sizes, bs, pool):
@@ -249,7 +253,7 @@ def last_batches(data: TrainData, bs: int, max_len: int, device: torch.device, p
 def all_batches(data: TrainData, bs: int, max_len: int, device: torch.device, pool: int = 0):
     """Objective `all`: every position of the most recent max_len + 1 train items is a query
     for the next item; yields (ids, lengths, qpos (B, L), targets (B, L), -1 = no query)."""
-    sizes = np.array([min(len(q) - 1, max_len) for q in data.train_seqs])  # = targets of each user
+    sizes = data.sizes(max_len)
 
     def batches(rng: np.random.Generator):
         for rows in user_batches(rng, sizes, bs, pool, targets=sizes):
