@@ -416,11 +416,8 @@ class _ChunkedBlockAttention(torch.autograd.Function):
     def backward(ctx, d_out, _):
         qh, kh, vh, block_mask, out = ctx.saved_tensors
         L = qh.shape[2]
-        d_q, d_k, d_v = (
-            torch.empty_like(qh),
-            torch.zeros_like(kh),
-            torch.zeros_like(vh),
-        )  # every chunk writes its d_q rows
+        # every chunk writes its rows of d_q, so no zero fill
+        d_q, d_k, d_v = torch.empty_like(qh), torch.zeros_like(kh), torch.zeros_like(vh)
         delta = (d_out * out).sum(-1, keepdim=True)  # (B, H, L, 1): sum_j w_j dw_j of each row
         for start in range(0, L, ctx.chunk):
             end = min(start + ctx.chunk, L)
