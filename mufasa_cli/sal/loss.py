@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 
 @dataclass
@@ -38,9 +37,14 @@ def in_batch(e: torch.Tensor, items: torch.Tensor, log_p: torch.Tensor) -> Negat
     return Negatives(e, items, log_p[items] + math.log(len(items)))
 
 
-def uniform(e: torch.Tensor, items: torch.Tensor, num_items: int) -> Negatives:
-    """Items drawn uniformly from the catalogue: e (M, D), items (M,)."""
-    return Negatives(e, items, torch.full((len(items),), math.log(len(items) / num_items), device=e.device))
+def uniform(e: torch.Tensor, items: torch.Tensor, num_items: int, counts: torch.Tensor | None = None) -> Negatives:
+    """Items drawn uniformly from the catalogue: e (M, D), items (M,), one column a draw.
+    counts (M,): the items are distinct and item j was drawn counts_j times (torch.unique of
+    the draws): one column each, worth counts_j columns (log c_j = log(M / N) - log counts_j,
+    since m equal columns add m exp(logit) to the softmax), the same loss with fewer columns."""
+    draws = len(items) if counts is None else int(counts.sum())
+    log_count = torch.full((len(items),), math.log(draws / num_items), device=e.device)
+    return Negatives(e, items, log_count if counts is None else log_count - counts.to(e.dtype).log())
 
 
 def sampled_softmax_loss(
@@ -55,11 +59,16 @@ def sampled_softmax_loss(
     log_count: (R,) the log correction of each target item; negatives: C columns."""
     assert u.shape == e.shape and targets.shape == log_count.shape == u.shape[:1], (u.shape, e.shape, targets.shape)
     assert negatives.emb.shape[1] == u.shape[1], (negatives.emb.shape, u.shape)
-    positive = (u * e).sum(-1) / tau - log_count  # (R,)
-    neg = u @ negatives.emb.T / tau - negatives.log_count[None, :]  # (R, C)
-    neg = neg.masked_fill(negatives.items[None, :] == targets[:, None], -torch.inf)  # accidental hits
-    logits = torch.cat([positive[:, None], neg], dim=1)  # (R, 1 + C), the positive first
-    return F.cross_entropy(logits, torch.zeros(len(u), dtype=torch.long, device=u.device))
+    # Cross-entropy with the positive as column 0, in as few passes over the (R, C) logits as
+    # there can be: tau folded into u, the correction into the matmul, the hits masked in place
+    # (addmm's backward does not read its output), and no (R, 1 + C) concatenation.
+    scaled = u / tau
+    positive = (scaled * e).sum(-1) - log_count  # (R,)
+    neg = torch.addmm(-negatives.log_count[None, :], scaled, negatives.emb.T)  # (R, C)
+    neg.masked_fill_(negatives.items[None, :] == targets[:, None], -torch.inf)  # accidental hits
+    top = torch.maximum(positive, neg.amax(1)).detach()  # finite, as the positive is
+    total = (positive - top).exp() + (neg - top[:, None]).exp().sum(1)
+    return (top + total.log() - positive).mean()
 
 
 def item_log_q(train_items: torch.Tensor, num_items: int) -> torch.Tensor:

@@ -334,7 +334,8 @@ def run_align(
             cols = torch.arange(len(t), device=device)
         parts = [in_batch(e[cols], t[cols], log_p)]
         if cfg.uniform_negatives:
-            parts.append(uniform(e_all[local(extra)], extra, N))
+            drawn, counts = torch.unique(extra, return_counts=True)  # a column per item, not per draw
+            parts.append(uniform(e_all[local(drawn)], drawn, N, counts))
         negatives = Negatives.cat(parts)
         own = log_p[t] + math.log(len(cols))  # the positive's in-batch correction
         loss = sampled_softmax_loss(u, e, t, own, negatives, model.tau())

@@ -66,3 +66,48 @@ def test_uniform_negatives_join_as_columns_with_their_own_correction_and_hits_ar
 def test_item_log_q():
     lq = item_log_q(torch.tensor([0, 0, 1, 2]), 4)
     torch.testing.assert_close(lq, torch.log(torch.tensor([0.5, 0.25, 0.25, 0.25])))
+
+
+def test_loss_matches_cross_entropy_over_the_concatenated_logits_with_gradients():
+    """The pass-saving form equals F.cross_entropy over [positive, negatives] (the textbook
+    form), values and gradients, with accidental hits among the columns."""
+    g = torch.Generator().manual_seed(0)
+    R, C, D = 7, 11, 5
+    u = torch.randn(R, D, generator=g, dtype=torch.float64, requires_grad=True)
+    e = torch.randn(R, D, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 6, (R,), generator=g)
+    items = torch.randint(0, 6, (C,), generator=g)
+    neg = Negatives(torch.randn(C, D, generator=g, dtype=torch.float64), items, torch.randn(C, generator=g).double())
+    own = torch.randn(R, generator=g, dtype=torch.float64)
+    loss = sampled_softmax_loss(u, e, targets, own, neg, 0.3)
+    (grad,) = torch.autograd.grad(loss, u)
+    pos = (u * e).sum(-1) / 0.3 - own
+    cols = (u @ neg.emb.T / 0.3 - neg.log_count).masked_fill(items[None] == targets[:, None], -torch.inf)
+    ref = torch.nn.functional.cross_entropy(torch.cat([pos[:, None], cols], 1), torch.zeros(R, dtype=torch.long))
+    (ref_grad,) = torch.autograd.grad(ref, u)
+    assert bool((items[None] == targets[:, None]).any())  # the case has hits
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(grad, ref_grad)
+
+
+def test_a_row_whose_every_column_is_a_hit_costs_nothing_and_has_finite_gradients():
+    u = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    neg = Negatives(torch.tensor([[0.5, 0.5], [1.0, 0.0]]), torch.tensor([3, 3]), torch.zeros(2))
+    loss = sampled_softmax_loss(u, torch.tensor([[1.0, 0.0]]), torch.tensor([3]), torch.zeros(1), neg, 1.0)
+    loss.backward()
+    assert loss.item() == pytest.approx(0.0, abs=1e-7)
+    assert torch.isfinite(u.grad).all()
+
+
+def test_uniform_draws_merged_with_their_counts_give_the_same_loss():
+    # draws 2, 5, 2, 2, 7 from 10 items: three columns of item 2 = one column worth 3
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(10, 4, generator=g)
+    u, e, targets = torch.randn(3, 4, generator=g), table[[1, 5, 0]], torch.tensor([1, 5, 0])
+    draws = torch.tensor([2, 5, 2, 2, 7])
+    drawn, counts = torch.unique(draws, return_counts=True)
+    each = sampled_softmax_loss(u, e, targets, torch.zeros(3), uniform(table[draws], draws, 10), 0.5)
+    merged = sampled_softmax_loss(u, e, targets, torch.zeros(3), uniform(table[drawn], drawn, 10, counts), 0.5)
+    torch.testing.assert_close(each, merged)
+    # c_j = M / N per draw: 5 / 10 for each of the five columns; merged, item 2 gets log(0.5) - log 3
+    torch.testing.assert_close(uniform(table[drawn], drawn, 10, counts).log_count[0], torch.tensor(math.log(0.5 / 3)))
