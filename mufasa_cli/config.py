@@ -174,11 +174,17 @@ class SALConfig:
     # first query, NSA-style grouping; causal, and what makes the fast path gather once per block)
     selection: str = "query"
     # beyond the paper: dropout on the history rows h (item + position) while training, as
-    # SASRec's embedding dropout; 0 = none (the paper names no regulariser)
+    # SASRec's embedding dropout (and, with stacked layers, on each sublayer's output); 0 = none
+    # (the paper names no regulariser)
     dropout: float = 0.0
+    # beyond the paper: SAL layers stacked as pre-norm residual blocks, each its three branches
+    # and gate followed by a feed-forward sublayer of ffn_mult * d_model units (objective all);
+    # 1 = the paper's single layer, u = Out(gate mix) + h_query
+    layers: int = 1
+    ffn_mult: int = 4
 
     def __post_init__(self) -> None:
-        _positive(self, "d_model", "num_heads", "block_size", "num_selected", "max_len")
+        _positive(self, "d_model", "num_heads", "block_size", "num_selected", "max_len", "layers", "ffn_mult")
         if not 0 <= self.dropout < 1:
             raise RecipeError(f"--dropout {self.dropout}: must be in [0, 1)")
         if self.d_model % self.num_heads:
@@ -198,6 +204,8 @@ class SALConfig:
             raise RecipeError(f"--objective {self.objective!r}: choose {' or '.join(OBJECTIVES)}")
         if self.selection not in SELECTIONS:
             raise RecipeError(f"--selection {self.selection!r}: choose {' or '.join(SELECTIONS)}")
+        if self.layers > 1 and self.objective != "all":
+            raise RecipeError(f"sal.layers {self.layers} needs --objective all (each layer's keys are causal outputs)")
         if self.selection == "query_block" and self.objective != "all":
             raise RecipeError("--selection query_block needs --objective all (query blocks of causal queries)")
 
@@ -208,6 +216,9 @@ class AlignConfig:
     tau: float = 0.07  # temperature of the in-batch softmax (its start value when learned)
     learn_tau: bool = False  # train log(tau) with the model, kept within [0.01, 1]
     uniform_negatives: int = 0  # extra negatives per batch drawn uniformly from the catalogue
+    # beyond the paper: every item of the catalogue a negative (exact softmax, as SASRec's
+    # cross-entropy; no sampling, so no logQ correction) instead of in-batch + uniform ones
+    full_softmax: bool = False
     in_batch_negatives: int = 2048  # objective all: the batch's targets used as negatives, at most this many
     finetune_mfl: bool = False  # train the MFL with the SAL, its four losses as auxiliary terms
     mfl_weight: float = 0.5  # weight of the MFL losses when finetuning

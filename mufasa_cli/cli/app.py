@@ -356,6 +356,21 @@ def align_train(
     uniform_negatives: Annotated[
         int | None, typer.Option(help="Extra negatives per batch drawn uniformly from the catalogue.")
     ] = None,
+    full_softmax: Annotated[
+        bool | None,
+        typer.Option(
+            "--full-softmax/--sampled-softmax",
+            help="Beyond the paper: every catalogue item a negative (exact softmax, SASRec's loss) instead of "
+            "in-batch (+ uniform) negatives with the logQ correction.",
+        ),
+    ] = None,
+    layers: Annotated[
+        int | None,
+        typer.Option(
+            help="Beyond the paper: SAL layers, stacked as pre-norm residual blocks with a feed-forward "
+            "sublayer (needs --objective all); 1 = the paper's single layer."
+        ),
+    ] = None,
     learn_tau: Annotated[
         bool | None, typer.Option("--learn-tau/--fixed-tau", help="Learn the softmax temperature.")
     ] = None,
@@ -397,10 +412,12 @@ def align_train(
         window=window,
         selection=selection,
         dropout=dropout,
+        layers=layers,
     )
     cfg = _replace_given(
         cfg,
         sal=sal,
+        full_softmax=full_softmax,
         tau=tau,
         learn_tau=learn_tau,
         uniform_negatives=uniform_negatives,
@@ -533,6 +550,15 @@ def eval_(
     plot: Annotated[
         Path | None, typer.Option(help="Also write metric@k curves per model to this PNG (needs the `plot` extra).")
     ] = None,
+    slices: Annotated[
+        bool,
+        typer.Option(
+            "--slices",
+            help="Also report every metric per slice of the targets: history length (quartiles, >=50, >=200), "
+            "target popularity in training (head = top 20% of interactions, torso, tail = last 20%, cold) and "
+            "repeat or new target; saved in metrics.json.",
+        ),
+    ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/eval/PROTOCOL.")] = False,
 ) -> None:
     """Evaluate MUFASA (RUN/embed) and baselines on one protocol; print the paper's table and
@@ -583,9 +609,13 @@ def eval_(
             f"{manifest['best_epoch']}/{manifest['epochs_run']}  ({manifest['wall_time_s']:.0f} s)",
             highlight=False,
         )
-    result = run_eval(run, protocol=protocol, compare=names, ks=ks, keep_seen=keep_seen, test=test, chunk=chunk)
+    result = run_eval(
+        run, protocol=protocol, compare=names, ks=ks, keep_seen=keep_seen, test=test, chunk=chunk, slices=slices
+    )
     out_dir = write_eval(run, result, force)
     render.eval_table(result, fmt.value)
+    if slices and fmt is not TableFormat.json:  # json: the slices are in the printed result
+        render.slice_table(result, fmt.value)
     if plot is not None:
         from mufasa_cli.eval.plot import plot_curves
 

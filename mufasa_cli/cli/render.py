@@ -432,3 +432,59 @@ def ablation_table(title: str, rows: list[tuple[str, Mapping]], fmt: str) -> Non
     for (label, _), v in zip(rows, values, strict=True):
         t.add_row(escape(label), *[cell(i, x, "[bold]{}[/]", "[underline]{}[/]") for i, x in enumerate(v)])
     out.print(t)
+
+
+def slice_table(result: Mapping, fmt: str) -> None:
+    """eval --slices: the main metric per slice and model (terminal), or every metric per slice
+    and model (md: the paper's columns, csv: every metric of metrics.json)."""
+    names = list(result["models"])
+    labels = [DISPLAY_NAMES.get(n, n) for n in names]
+    rows = result["slices"]
+    seen = "seen items kept" if result["keep_seen"] else "seen items masked"
+    if fmt == "csv":
+        metrics = result["metrics"]
+        out.print("kind,slice,users,targets,model," + ",".join(metrics), highlight=False)
+        for r in rows:
+            for n, label in zip(names, labels, strict=True):
+                values = ",".join(f"{r['models'][n][m]:.6f}" for m in metrics)
+                out.print(f"{r['kind']},{r['name']},{r['cases']},{r['pairs']},{label},{values}", highlight=False)
+        return
+    if fmt == "md":
+        cols = table_columns(result)
+        out.print(
+            f"\n{result['protocol']} by slice ({seen})\n\n| Slice | Users | Targets | Model | "
+            + " | ".join(cols)
+            + " |\n|---|---|---|---|"
+            + "---|" * len(cols),
+            highlight=False,
+            soft_wrap=True,
+        )
+        for r in rows:
+            order = {c: sorted({r["models"][n][c] for n in names}, reverse=True) for c in cols}
+            for n, label in zip(names, labels, strict=True):
+                cells = [
+                    emphasize(f"{r['models'][n][c]:.4f}", r["models"][n][c], order[c], "**{}**", "<u>{}</u>")
+                    for c in cols
+                ]
+                out.print(
+                    f"| {r['kind']}: {r['name']} | {r['cases']} | {r['pairs']} | {label} | " + " | ".join(cells) + " |",
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=True,
+                )
+        return
+    main = result["main_metric"]
+    t = Table(title=f"{result['protocol']} {main} by slice ({seen})", title_justify="left")
+    for c in ("Slice", "Users", "Targets", *labels):
+        t.add_column(c, justify="left" if c == "Slice" else "right")
+    for r in rows:
+        values = [r["models"][n][main] for n in names]
+        order = sorted(set(values), reverse=True)
+        t.add_row(
+            f"{r['kind']}: {r['name']}",
+            f"{r['cases']:,}",
+            f"{r['pairs']:,}",
+            *[emphasize(f"{v:.4f}", v, order, "[bold]{}[/]", "[underline]{}[/]") for v in values],
+        )
+    out.print(t)
+    out.print("every metric per slice: metrics.json, or --format md / csv", highlight=False)

@@ -30,6 +30,7 @@ from mufasa_cli.data import schema
 from mufasa_cli.errors import ArtifactError, MufasaError
 from mufasa_cli.eval import DISPLAY_NAMES  # noqa: F401  (re-exported for callers)
 from mufasa_cli.eval.protocols import Cases, build_cases
+from mufasa_cli.eval.slices import compute_slices
 from mufasa_cli.metrics.ranking import history_csr, per_user_metrics, target_ranks
 
 BASELINES = ("lightgcn", "sasrec", "dssm", "youtube", "mmgcn")
@@ -168,9 +169,11 @@ def _count(path: Path) -> int:
     return int(sum(v.size for v in artifacts.load_tensors(path, {}).values()))
 
 
-def score(cases: Cases, vectors: Vectors, ks: list[int], keep_seen: bool, chunk: int = 1024) -> dict[str, np.ndarray]:
-    """Per-case metrics: rank every (case, target) pair among all items, the case's history
-    masked unless keep_seen."""
+def score(
+    cases: Cases, vectors: Vectors, ks: list[int], keep_seen: bool, chunk: int = 1024
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-case metrics and the (P,) rank of every (case, target) pair among all items, the
+    case's history masked unless keep_seen."""
     exclude = () if keep_seen else history_csr(cases.histories)
     ranks = target_ranks(
         lambda rows: vectors.users[torch.as_tensor(rows)],
@@ -180,7 +183,7 @@ def score(cases: Cases, vectors: Vectors, ks: list[int], keep_seen: bool, chunk:
         *exclude,
         chunk=chunk,
     )
-    return per_user_metrics(ranks, cases.pair_owner, len(cases), ks)
+    return per_user_metrics(ranks, cases.pair_owner, len(cases), ks), ranks
 
 
 def paired_p(ours: np.ndarray, theirs: np.ndarray, test: str) -> float:
@@ -202,7 +205,10 @@ def run_eval(
     keep_seen: bool,
     test: str,
     chunk: int = 1024,
+    slices: bool = False,
 ) -> dict:
+    """Every model's per-case metrics on `protocol`, means, p-values against the strongest
+    baseline, and with `slices` the means on each slice of the pairs (eval/slices.py)."""
     started = time.perf_counter()
     unknown = [m for m in compare if m not in BASELINES]
     if unknown:
@@ -222,13 +228,14 @@ def run_eval(
         "youtube": two_tower_vectors("youtube"),
         "mmgcn": mmgcn_vectors,
     }
-    skipped = {}
+    skipped, ranks = {}, {}
     for name in ["mufasa", *compare]:
         if name in TRANSDUCTIVE and protocol == "zero-shot":
             skipped[name] = "no vector for users outside its training graph"
             continue
         vectors = loaders[name](run_dir, cases)
-        models[name] = {"params": vectors.params, "per_user": score(cases, vectors, ks, keep_seen, chunk)}
+        per_user, ranks[name] = score(cases, vectors, ks, keep_seen, chunk)
+        models[name] = {"params": vectors.params, "per_user": per_user}
     metrics = list(models["mufasa"]["per_user"])
     means = {name: {k: float(v.mean()) for k, v in m["per_user"].items()} for name, m in models.items()}
     main = "NDCG@10" if "NDCG@10" in metrics else metrics[0]
@@ -238,7 +245,7 @@ def run_eval(
     if strongest:
         for k in metrics:
             p_values[k] = paired_p(models["mufasa"]["per_user"][k], models[strongest]["per_user"][k], test)
-    return {
+    result = {
         "protocol": protocol,
         "split": split,
         "keep_seen": keep_seen,
@@ -254,8 +261,21 @@ def run_eval(
         "p_values": p_values,
         "per_user": {n: {k: v.tolist() for k, v in m["per_user"].items()} for n, m in models.items()},
         "users": cases.users.tolist(),
-        "wall_time_s": round(time.perf_counter() - started, 2),
     }
+    if slices:
+        result["slices"] = compute_slices(
+            cases.histories, cases.pair_owner, cases.pair_target, train_counts(data_dir), ranks, ks
+        )
+    result["wall_time_s"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def train_counts(data_dir: Path) -> np.ndarray:
+    """(N,) each item's number of training interactions (split `train`)."""
+    num_items = artifacts.load_table(data_dir / schema.ITEMS_FILE, schema.ITEM_COLUMNS).height
+    inter = artifacts.load_table(data_dir / schema.INTERACTIONS_FILE, schema.INTERACTION_COLUMNS)
+    trained = inter.filter(inter["split"] == "train")["item"].to_numpy()
+    return np.bincount(trained, minlength=num_items)
 
 
 def write_eval(run_dir: Path, result: dict, force: bool) -> Path:

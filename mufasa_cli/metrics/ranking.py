@@ -84,17 +84,22 @@ def mrr(ranks: np.ndarray) -> np.ndarray:
     return 1.0 / (ranks + 1.0)
 
 
-def per_user_metrics(ranks: np.ndarray, owner: np.ndarray, num_users: int, ks: list[int]) -> dict[str, np.ndarray]:
+def per_user_metrics(
+    ranks: np.ndarray, owner: np.ndarray, num_users: int, ks: list[int], single: bool | None = None
+) -> dict[str, np.ndarray]:
     """Per-user metrics from the ranks of each (user, target) pair; owner[i] = the pair's user
     row in [0, num_users). Each target is ranked among the candidates, the user's other targets
     included, so rank < k means "in the top-k list".
 
     One target per user: HR@k, NDCG@k, MRR. Several: Recall@k = hits / targets and
     NDCG@k = sum over hits of 1/log2(rank + 2), over the ideal sum_{i < min(k, targets)} 1/log2(i + 2).
+    `single` forces one of the two (for a subset of a protocol's pairs); by default, one target
+    for every user means single.
     """
     counts = np.bincount(owner, minlength=num_users)
     out: dict[str, np.ndarray] = {}
-    single = bool((counts == 1).all())
+    if single is None:
+        single = bool((counts == 1).all())
     for k in ks:
         hits = np.bincount(owner, weights=hit_rate(ranks, k), minlength=num_users)
         dcg = np.bincount(owner, weights=ndcg(ranks, k), minlength=num_users)

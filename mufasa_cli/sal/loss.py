@@ -9,6 +9,7 @@ positive gets the same correction as it would as a column of the in-batch sample
   columns, p_j item j's share of the stream;
 - uniform: M items drawn uniformly from the catalogue of N: c_j = M / N.
 A negative that is the row's own target item (an accidental hit) is masked out.
+Beyond the paper, full_softmax_loss uses every item of the catalogue as a column instead.
 
 Legend: R rows (queries), S in-batch columns, M uniform columns, D width, N items.
 """
@@ -19,6 +20,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 
 @dataclass
@@ -69,6 +71,13 @@ def sampled_softmax_loss(
     top = torch.maximum(positive, neg.amax(1)).detach()  # finite, as the positive is
     total = (positive - top).exp() + (neg - top[:, None]).exp().sum(1)
     return (top + total.log() - positive).mean()
+
+
+def full_softmax_loss(u: torch.Tensor, e_all: torch.Tensor, targets: torch.Tensor, tau: float | torch.Tensor):
+    """Exact softmax over the catalogue (beyond the paper; SASRec's cross-entropy): every item
+    a column, so nothing is sampled and nothing corrected. u: (R, D); e_all: (N, D); targets: (R,)."""
+    assert u.shape[1] == e_all.shape[1] and targets.shape == u.shape[:1], (u.shape, e_all.shape, targets.shape)
+    return F.cross_entropy(u @ e_all.T / tau, targets)
 
 
 def item_log_q(train_items: torch.Tensor, num_items: int) -> torch.Tensor:

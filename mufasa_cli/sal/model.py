@@ -75,16 +75,18 @@ class QKV(nn.Module):
         self.q, self.k, self.v = (nn.Linear(dim, dim, bias=False) for _ in range(3))
 
 
-class SALEncoder(nn.Module):
-    def __init__(self, z_dim: int, cfg: SALConfig):
+class SALLayer(nn.Module):
+    """One SAL layer: the three branches and the gate (or, for the ablations, full attention or
+    mean pooling over the history) mixing a history into one vector per query.
+
+    mix() returns that vector before the output projection `out`; the encoder adds it to its
+    residual stream. Stacked layers (cfg.layers > 1, beyond the paper) are pre-norm residual
+    blocks, each with a feed-forward sublayer (`ffn`) and the LayerNorms `norm1`, `norm2`."""
+
+    def __init__(self, cfg: SALConfig, stacked: bool = False):
         super().__init__()
         D = cfg.d_model
         self.cfg = cfg
-        self.item_tower = nn.Sequential(nn.Linear(z_dim, D), nn.LayerNorm(D))
-        self.hist_tower = nn.Sequential(nn.Linear(z_dim, D), nn.LayerNorm(D))
-        self.position = nn.Embedding(cfg.max_len, D)
-        nn.init.normal_(self.position.weight, std=0.02)
-        self.drop = nn.Dropout(cfg.dropout)  # on h while training; the identity in eval mode
         self.branches = [b for b in BRANCHES if b not in cfg.without] if cfg.attention == "sparse" else []
         # block attention also ranks the blocks that the selective branch reads, so it exists
         # whenever either branch does; `without block` only drops z_long from the gate
@@ -97,62 +99,31 @@ class SALEncoder(nn.Module):
         self.out = nn.Linear(D, D)
         self.causal = cfg.objective == "all"
         self.kernel = "reference"  # how the branches are computed (KERNELS): same results, not saved
+        if stacked:
+            self.norm1, self.norm2 = nn.LayerNorm(D), nn.LayerNorm(D)
+            self.ffn = nn.Sequential(nn.Linear(D, cfg.ffn_mult * D), nn.GELU(), nn.Linear(cfg.ffn_mult * D, D))
 
-    def items(self, z: torch.Tensor) -> torch.Tensor:
-        """e = A_item(z), unit length: (N, d_z) -> (N, D)."""
-        return F.normalize(self.item_tower(z), dim=-1)
-
-    def history(self, z_hist: torch.Tensor, lengths: torch.Tensor, towered: bool = False) -> torch.Tensor:
-        """(B, L, d_z) right-padded fused vectors -> h (B, L, D) with their position embeddings.
-        towered: z_hist already holds A_hist(z) (B, L, D), e.g. rows of A_hist applied once
-        to the catalogue, which costs N rows instead of B * L when histories repeat items.
-        In training mode, cfg.dropout zeroes entries of h (queries and keys alike)."""
-        B, L, _ = z_hist.shape
-        h = z_hist if towered else self.hist_tower(z_hist)
-        table = self.position.weight
-        if self.causal:  # counted from the start: the same row for every user, broadcast
-            at = torch.arange(L, device=h.device).clamp(max=self.cfg.max_len - 1)
-            return self.drop(h + table[at])
-        at = torch.arange(L, device=h.device)[None, :]
-        pos = (lengths[:, None] - 1 - at).clamp(min=0, max=self.cfg.max_len - 1)  # counted from the end
-        return self.drop(table.index_select(0, pos.flatten()).view(B, L, -1).add_(h))  # add into the fresh rows
-
-    def users(
-        self, z_hist: torch.Tensor, lengths: torch.Tensor, towered: bool = False
+    def mix(
+        self, h: torch.Tensor, q: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor
     ) -> tuple[torch.Tensor, Explanation]:
-        """u (B, D) for the histories z_hist (B, L, d_z) with lengths (B,) >= 1: the output at
-        the last item, under the rule the model was trained with."""
-        u, ex = self.encode(z_hist, lengths, (lengths - 1)[:, None], towered)
-        return u[:, 0], ex
-
-    def encode(
-        self, z_hist: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, towered: bool = False
-    ) -> tuple[torch.Tensor, Explanation]:
-        """The outputs (B, Q, D) at query positions qpos (B, Q), each < its user's length; with
-        objective `all`, qpos may be every position 0..L-1 for every user, padding included
-        (what training passes, so that the fast kernel takes its dense path): a query past a
-        user's last item attends to padding, and its output means nothing."""
+        """h (B, L, D) the history rows, q (B, Q, D) the query rows at positions qpos (B, Q) ->
+        the mixed branch outputs (B, Q, D) and what they attended to."""
         cfg, H = self.cfg, self.cfg.num_heads
-        h = self.history(z_hist, lengths, towered)
         B, L, D = h.shape
-        dense = fast.dense_queries(qpos, L)  # every position a query: q is h itself, no gather to undo
-        q = h if dense else h[torch.arange(B, device=h.device)[:, None], qpos]  # (B, Q, D)
         ex = Explanation()
         if cfg.attention == "mean":
             real = (torch.arange(L, device=h.device)[None, :] < lengths[:, None]).to(h.dtype)
             running = (h * real[..., None]).cumsum(1)  # (B, L, D)
-            pooled = running[torch.arange(B, device=h.device)[:, None], qpos] / (qpos + 1)[..., None].to(h.dtype)
-            return self.finish(pooled, q), ex
+            return running[torch.arange(B, device=h.device)[:, None], qpos] / (qpos + 1)[..., None].to(h.dtype), ex
         if cfg.attention == "full":
             p = self.full
             upto = torch.arange(L, device=h.device) <= qpos[..., None]  # (B, Q, L): items a query may see
             full = fast.attend_shared if self.kernel == "fast" else attend
-            z, _ = full(p.q(q), p.k(h), p.v(h), upto, H)
-            return self.finish(z, q), ex
+            return full(p.q(q), p.k(h), p.v(h), upto, H)[0], ex
         path = {"reference": self._reference, "fast": self._fast, "flex": self._flex}[self.kernel]
         outs = path(h, q, lengths, qpos, ex)
         mixed, ex.gates = gate(q, [outs[b] for b in self.branches], self.gate)
-        return self.finish(mixed, q), ex
+        return mixed, ex
 
     def _windows(self, qpos: torch.Tensor) -> torch.Tensor:
         return torch.full_like(qpos, self.cfg.window) if self.cfg.window else paper_window_sizes(qpos + 1)
@@ -294,6 +265,106 @@ class SALEncoder(nn.Module):
             ex.selected_blocks, ex.selected_valid = (x.repeat_interleave(every, 1)[:, :L] for x in (idx, valid))
         return outs
 
+
+class SALEncoder(nn.Module):
+    def __init__(self, z_dim: int, cfg: SALConfig):
+        super().__init__()
+        D = cfg.d_model
+        self.cfg = cfg
+        self.item_tower = nn.Sequential(nn.Linear(z_dim, D), nn.LayerNorm(D))
+        self.hist_tower = nn.Sequential(nn.Linear(z_dim, D), nn.LayerNorm(D))
+        self.position = nn.Embedding(cfg.max_len, D)
+        nn.init.normal_(self.position.weight, std=0.02)
+        self.drop = nn.Dropout(cfg.dropout)  # on h while training; the identity in eval mode
+        stacked = cfg.layers > 1
+        self.layers = nn.ModuleList(SALLayer(cfg, stacked) for _ in range(cfg.layers))
+        self.norm = nn.LayerNorm(D) if stacked else None  # the stack's final pre-norm
+        self.causal = cfg.objective == "all"
+
+    # the first layer's parts, under the names of the one-layer model of the paper
+    branches = property(lambda self: self.layers[0].branches)
+    uses_blocks = property(lambda self: self.layers[0].uses_blocks)
+    proj = property(lambda self: self.layers[0].proj)
+    full = property(lambda self: self.layers[0].full)
+
+    @property
+    def kernel(self) -> str:
+        """How the branches are computed (KERNELS): same results, not saved."""
+        return self.layers[0].kernel
+
+    @kernel.setter
+    def kernel(self, kernel: str) -> None:
+        for layer in self.layers:
+            layer.kernel = kernel
+
+    def items(self, z: torch.Tensor) -> torch.Tensor:
+        """e = A_item(z), unit length: (N, d_z) -> (N, D)."""
+        return F.normalize(self.item_tower(z), dim=-1)
+
+    def history(self, z_hist: torch.Tensor, lengths: torch.Tensor, towered: bool = False) -> torch.Tensor:
+        """(B, L, d_z) right-padded fused vectors -> h (B, L, D) with their position embeddings.
+        towered: z_hist already holds A_hist(z) (B, L, D), e.g. rows of A_hist applied once
+        to the catalogue, which costs N rows instead of B * L when histories repeat items.
+        In training mode, cfg.dropout zeroes entries of h (queries and keys alike)."""
+        B, L, _ = z_hist.shape
+        h = z_hist if towered else self.hist_tower(z_hist)
+        table = self.position.weight
+        if self.causal:  # counted from the start: the same row for every user, broadcast
+            at = torch.arange(L, device=h.device).clamp(max=self.cfg.max_len - 1)
+            return self.drop(h + table[at])
+        at = torch.arange(L, device=h.device)[None, :]
+        pos = (lengths[:, None] - 1 - at).clamp(min=0, max=self.cfg.max_len - 1)  # counted from the end
+        return self.drop(table.index_select(0, pos.flatten()).view(B, L, -1).add_(h))  # add into the fresh rows
+
+    def users(
+        self, z_hist: torch.Tensor, lengths: torch.Tensor, towered: bool = False
+    ) -> tuple[torch.Tensor, Explanation]:
+        """u (B, D) for the histories z_hist (B, L, d_z) with lengths (B,) >= 1: the output at
+        the last item, under the rule the model was trained with."""
+        u, ex = self.encode(z_hist, lengths, (lengths - 1)[:, None], towered)
+        return u[:, 0], ex
+
+    def encode(
+        self, z_hist: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, towered: bool = False
+    ) -> tuple[torch.Tensor, Explanation]:
+        """The outputs (B, Q, D) at query positions qpos (B, Q), each < its user's length; with
+        objective `all`, qpos may be every position 0..L-1 for every user, padding included
+        (what training passes, so that the fast kernel takes its dense path): a query past a
+        user's last item attends to padding, and its output means nothing.
+
+        One layer (the paper): u = Out(mix(h)) + h_query. Stacked layers (beyond the paper):
+        x = h; each layer adds Out(mix(LN(x))) and then FFN(LN(x)) to x, every position a causal
+        query but in the last layer, which computes only the queries asked for; u = LN(x)."""
+        h = self.history(z_hist, lengths, towered)
+        B, L, D = h.shape
+        rows = torch.arange(B, device=h.device)[:, None]
+        dense = fast.dense_queries(qpos, L)  # every position a query: no gather to undo
+        if self.norm is None:
+            q = h if dense else h[rows, qpos]  # (B, Q, D)
+            mixed, ex = self.layers[0].mix(h, q, lengths, qpos)
+            return self.finish(mixed, q), ex
+        every = torch.arange(L, device=h.device).expand(B, L)
+        x = h
+        for layer in self.layers[:-1]:
+            y = layer.norm1(x)
+            x = x + self.drop(layer.out(layer.mix(y, y, lengths, every)[0]))
+            x = x + self.drop(layer.ffn(layer.norm2(x)))
+        last = self.layers[-1]
+        y = last.norm1(x)
+        xq, yq = (x, y) if dense else (x[rows, qpos], y[rows, qpos])
+        mixed, ex = last.mix(y, yq, lengths, qpos)
+        xq = xq + self.drop(last.out(mixed))
+        xq = xq + self.drop(last.ffn(last.norm2(xq)))
+        return F.normalize(self.norm(xq), dim=-1), ex
+
     def finish(self, mixed: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """u = Out(mixed) + q, unit length like e: scores u . e are cosines, so tau sets their scale."""
-        return F.normalize(self.out(mixed) + q, dim=-1)
+        """The paper's one layer: u = Out(mixed) + q, unit length like e: scores u . e are
+        cosines, so tau sets their scale."""
+        return F.normalize(self.layers[0].out(mixed) + q, dim=-1)
+
+
+def upgrade_state(state: dict) -> dict:
+    """A state dict saved before layers were stacked (proj.*, phi.*, gate.*, out.*, full.* at
+    the top) under the names of today's one-layer model (layers.0.*)."""
+    moved = ("proj.", "phi.", "gate.", "out.", "full.")
+    return {(f"layers.0.{k}" if k.startswith(moved) else k): v for k, v in state.items()}

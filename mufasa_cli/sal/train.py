@@ -40,8 +40,8 @@ from mufasa_cli.mfl.fusion import FusionNetwork
 from mufasa_cli.mfl.train import FUSED_FILE, MFL_FILE, load_mfl
 from mufasa_cli.runtime import dist
 from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
-from mufasa_cli.sal.loss import Negatives, in_batch, item_log_q, sampled_softmax_loss, uniform
-from mufasa_cli.sal.model import SALEncoder, resolve_kernel
+from mufasa_cli.sal.loss import Negatives, full_softmax_loss, in_batch, item_log_q, sampled_softmax_loss, uniform
+from mufasa_cli.sal.model import SALEncoder, resolve_kernel, upgrade_state
 
 STAGE = "align"
 SAL_FILE = "sal.safetensors"
@@ -320,13 +320,32 @@ def run_align(
     def step(batch):
         ids, lengths, qpos, targets = batch
         real = targets >= 0
-        extra = torch.randint(0, N, (cfg.uniform_negatives,), device=device)
+        if cfg.full_softmax:  # every item a column: the catalogue's z (and e) each step
+            extra = torch.arange(N, device=device)
+        else:
+            extra = torch.randint(0, N, (cfg.uniform_negatives,), device=device)
         unique, content = item_vectors(torch.cat([ids.flatten(), targets[real], extra]), True)
         z_u = model.with_ids(content, unique)
         local = lambda x: torch.searchsorted(unique, x)  # noqa: E731  item id -> row of z_u
         out, _ = model.sal.encode(z_u[local(ids)], lengths, qpos)
         u, t = out[real], targets[real]  # (R, D), (R,)
         e_all = model.sal.items(z_u)
+        if cfg.full_softmax:  # exact softmax over the catalogue: no sampling, so no correction
+            loss = full_softmax_loss(u, e_all, t, model.tau())
+        else:
+            loss = sampled_loss(u, t, e_all, local, extra)
+        shown = {"softmax": loss.item()}
+        if fusion is not None and cfg.mfl_weight > 0:
+            batch_items = torch.unique(torch.cat([ids.flatten(), t]))  # eq. 5 on the batch's items
+            aux, mfl_parts = mb.loss(fusion, batch_items, True, z=content[local(batch_items)])
+            loss = loss + cfg.mfl_weight * aux
+            shown["mfl"] = mfl_parts["total"]
+        if cfg.learn_tau:
+            shown["tau"] = model.tau().item()
+        return loss, shown
+
+    def sampled_loss(u, t, e_all, local, extra) -> torch.Tensor:
+        """In-batch softmax with logQ correction, plus the uniform draws `extra` as columns."""
         e = e_all[local(t)]
         if cfg.sal.objective == "all" and len(t) > cfg.in_batch_negatives:
             cols = torch.randperm(len(t), device=device)[: cfg.in_batch_negatives]
@@ -336,17 +355,8 @@ def run_align(
         if cfg.uniform_negatives:
             drawn, counts = torch.unique(extra, return_counts=True)  # a column per item, not per draw
             parts.append(uniform(e_all[local(drawn)], drawn, N, counts))
-        negatives = Negatives.cat(parts)
         own = log_p[t] + math.log(len(cols))  # the positive's in-batch correction
-        loss = sampled_softmax_loss(u, e, t, own, negatives, model.tau())
-        shown = {"softmax": loss.item()}
-        if fusion is not None and cfg.mfl_weight > 0:
-            aux, mfl_parts = mb.loss(fusion, unique, True, z=content)  # eq. 5 on the fused z alone
-            loss = loss + cfg.mfl_weight * aux
-            shown["mfl"] = mfl_parts["total"]
-        if cfg.learn_tau:
-            shown["tau"] = model.tau().item()
-        return loss, shown
+        return sampled_softmax_loss(u, e, t, own, Negatives.cat(parts), model.tau())
 
     seen = history_csr(data.valid_hist)
 
@@ -446,7 +456,7 @@ def load_sal(run_dir: Path, device: torch.device, kernel: str = "auto") -> tuple
     cfg = restore(SALConfig(), meta["config"], str(align_dir / SAL_FILE))
     model = SALEncoder(int(meta["z_dim"]), cfg)
     state = artifacts.load_tensors(align_dir / SAL_FILE, {})
-    model.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
+    model.load_state_dict(upgrade_state({k: torch.as_tensor(v) for k, v in state.items()}))
     model.kernel = resolve_kernel(kernel)
     return model.to(device).eval(), manifest
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mufasa_cli.sal.loss import Negatives, in_batch, item_log_q, sampled_softmax_loss, uniform
+from mufasa_cli.sal.loss import Negatives, full_softmax_loss, in_batch, item_log_q, sampled_softmax_loss, uniform
 
 
 def _in_batch_loss(u, e, targets, log_p, tau):
@@ -111,3 +111,13 @@ def test_uniform_draws_merged_with_their_counts_give_the_same_loss():
     torch.testing.assert_close(each, merged)
     # c_j = M / N per draw: 5 / 10 for each of the five columns; merged, item 2 gets log(0.5) - log 3
     torch.testing.assert_close(uniform(table[drawn], drawn, 10, counts).log_count[0], torch.tensor(math.log(0.5 / 3)))
+
+
+def test_full_softmax_by_hand_on_2_users_and_3_items():
+    # u . e: row 0 scores (1, 0, 0), row 1 scores (0, 1, 0.5); tau 0.5 doubles them
+    u = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    e = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.5]])
+    targets = torch.tensor([0, 2])
+    row0 = -2 + math.log(math.exp(2) + 1 + 1)
+    row1 = -1 + math.log(1 + math.exp(2) + math.exp(1))
+    assert full_softmax_loss(u, e, targets, 0.5).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)

@@ -181,6 +181,20 @@ def test_uniform_negatives_and_learned_temperature(fused, tmp_path):
     assert 0.01 <= m["tau"] <= 1.0 and m["tau"] != pytest.approx(0.2)
 
 
+def test_stacked_layers_with_full_softmax_and_finetuned_mfl_train_and_embed(fused, tmp_path):
+    run = _copy(fused, tmp_path)
+    flags = ("--objective", "all", "--layers", "2", "--full-softmax", "--finetune-mfl", "--item-ids", "--epochs", "2")
+    result = invoke("align-train", run, *flags)
+    assert result.exit_code == 0, result.output
+    m = artifacts.read_manifest(run / "align")
+    assert m["config"]["full_softmax"] and m["config"]["sal"]["layers"] == 2
+    model, _ = sal_train.load_sal(run, torch.device("cpu"))
+    assert len(model.layers) == 2 and model.norm is not None
+    assert invoke("embed", run).exit_code == 0
+    bad = invoke("align-train", run, "--layers", "2", "--objective", "last", "--force")
+    assert bad.exit_code == 2 and "needs --objective all" in bad.stderr
+
+
 def test_resume_replays_an_interrupted_run_exactly(fused, tmp_path, monkeypatch):
     whole = _copy(fused, tmp_path / "whole")
     assert invoke("align-train", whole, "--epochs", "4").exit_code == 0
