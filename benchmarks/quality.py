@@ -253,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-align", default="", help='extra align-train flags, e.g. "--objective all"')
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once, cores shared among them")
     parser.add_argument("--force", action="store_true", help="redo every stage, even complete ones")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=ROOT / "benchmarks" / "results",
+        help="folder for the dated copy of the table (default: benchmarks/results)",
+    )
     opts = parser.parse_args(argv)
     seeds = [int(s) for s in opts.seeds.split(",") if s.strip()]
     if not seeds or len(set(seeds)) != len(seeds):
@@ -287,8 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     summary["command"] = " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
     summary["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     text = markdown(summary, f"{opts.dataset} ({summary['date']}, {os.cpu_count()} CPU cores)")
+    recipe = opts.recipe.relative_to(ROOT) if opts.recipe.is_relative_to(ROOT) else opts.recipe
+    text = f"`{summary['command']}`\n\nRecipe: `{recipe}`; seeds {opts.seeds}.\n\n" + text
     stem = "quality-keep-seen" if opts.keep_seen else "quality"
     (out / f"{stem}.md").write_text(text)
+    opts.results.mkdir(parents=True, exist_ok=True)
+    (opts.results / f"{summary['date']}-{stem}-{opts.dataset}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     print(text, end="")
     print(f"wrote {out / stem}.md and {out / stem}.json ({summary['wall_s']:.0f} s)")

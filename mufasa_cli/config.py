@@ -392,19 +392,22 @@ def _coerce(hint, value, where: str):
     raise RecipeError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
-def load_recipe(path: str | None) -> Recipe:
-    """A recipe YAML (sections as in Recipe); None gives the built-in defaults."""
-    if path is None:
-        return Recipe()
+def load_recipe(path: str | list[str] | None) -> Recipe:
+    """A recipe YAML (sections as in Recipe), or several layered in order (each file's keys
+    override the earlier files'; e.g. a dataset's recipe, then recipes/paper-faithful.yaml);
+    None gives the built-in defaults."""
     from pathlib import Path
 
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"{p}: recipe not found")
-    try:
-        values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise RecipeError(f"{p}: not valid YAML ({e})") from None
-    return _merge(Recipe(), values, str(p))
+    recipe = Recipe()
+    for one in [path] if isinstance(path, str) else path or []:
+        p = Path(one)
+        if not p.is_file():
+            raise RecipeError(f"{p}: recipe not found")
+        try:
+            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise RecipeError(f"{p}: not valid YAML ({e})") from None
+        recipe = _merge(recipe, values, str(p))
+    return recipe

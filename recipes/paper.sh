@@ -10,7 +10,8 @@
 #   SOURCE=path/to/ml-1m bash recipes/paper.sh ml-1m [RUN]           # GroupLens ml-1m/*.dat
 #
 # Environment: PRESET (synthetic preset, default `small`), RECIPE (a recipe file instead of
-# the dataset's), COMPARE (baselines, default all five), HISTORY_LEN (Table 6 lengths, default 30,full),
+# the dataset's), MODEL_RECIPE (a recipe layered over it, e.g. recipes/paper-faithful.yaml for
+# the paper's model exactly; its align section wins), COMPARE (baselines, default all five), HISTORY_LEN (Table 6 lengths, default 30,full),
 # SPLIT (loo, the default, or global-time: the leakage-free global temporal split), JOBS (trainings
 # run side by side by eval and ablate, default 2: one per core on a 2-core machine).
 set -euo pipefail
@@ -42,15 +43,17 @@ case "$dataset" in
     protocols=(loo) ;;
   *) echo "recipes/paper.sh: unknown dataset '$dataset' (synthetic, ml-100k, ml-1m, microlens)" >&2; exit 2 ;;
 esac
+recipes=(--recipe "$recipe")
+if [[ -n ${MODEL_RECIPE:-} ]]; then recipes+=(--recipe "$MODEL_RECIPE"); fi
 ablations=()
 for part in mfl sal window block selective title cf cons fuscl; do ablations+=(--without "$part"); done
 
 mufasa prepare "${prepare[@]}" --split "${SPLIT:-loo}" --out "$run" --force              # Table 1
-mufasa fuse-train "$run" --recipe "$recipe" --force
-mufasa align-train "$run" --recipe "$recipe" --force
+mufasa fuse-train "$run" "${recipes[@]}" --force
+mufasa align-train "$run" "${recipes[@]}" --force
 mufasa embed "$run" --force
 for protocol in "${protocols[@]}"; do                               # Table 2 (loo), Table 3 (zero-shot)
-  mufasa eval "$run" --protocol "$protocol" --compare "$compare" --recipe "$recipe" --jobs "${JOBS:-2}" --force
+  mufasa eval "$run" --protocol "$protocol" --compare "$compare" "${recipes[@]}" --jobs "${JOBS:-2}" --force
 done
-mufasa ablate "$run" --recipe "$recipe" --protocol "${protocols[-1]}" --jobs "${JOBS:-2}" "${ablations[@]}" \
+mufasa ablate "$run" "${recipes[@]}" --protocol "${protocols[-1]}" --jobs "${JOBS:-2}" "${ablations[@]}" \
   --history-len "${HISTORY_LEN:-30,full}" --attention sparse,full   # Tables 5 and 6

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from mufasa_cli.config import Recipe, load_recipe
@@ -55,3 +57,14 @@ def test_saved_settings_match_over_the_defaults():
     assert saved_as(want, saved, "m")
     assert not saved_as(SASRecConfig(max_len=20, valid_keep_seen=True), saved, "m")
     assert not saved_as(want, {**saved, "retired_setting": 1}, "m")  # no longer reads: never a match
+
+
+def test_recipes_layer_in_order(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("align:\n  item_ids: true\n  sal: {objective: all, layers: 2, d_model: 32}\n  train: {epochs: 7}\n")
+    paper = Path(__file__).parents[1] / "recipes" / "paper-faithful.yaml"
+    r = load_recipe([str(base), str(paper)])
+    # the paper's model wins where both set a key; what only the base sets stays
+    assert (r.align.sal.layers, r.align.sal.objective, r.align.item_ids) == (1, "last", False)
+    assert r.align.sal.d_model == 32 and r.align.train.epochs == 7
+    assert not r.align.full_softmax and r.align.uniform_negatives == 0 and not r.align.finetune_mfl

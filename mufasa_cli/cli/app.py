@@ -202,7 +202,10 @@ def prepare(
 def fuse_train(
     run: Annotated[Path, typer.Argument(help="Run folder with data/ (from mufasa prepare).")],
     recipe: Annotated[
-        Path | None, typer.Option(help="Recipe YAML (section fuse: cf, mfl); flags below override it.")
+        list[Path] | None,
+        typer.Option(
+            help="Recipe YAML (section fuse: cf, mfl); flags below override it. Repeat to layer recipes: later files override earlier ones."
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="MFL epochs (upper bound; early stopping may end sooner).")] = None,
     cf_epochs: Annotated[int | None, typer.Option(help="LightGCN epochs (upper bound).")] = None,
@@ -239,7 +242,7 @@ def fuse_train(
     from mufasa_cli.mfl.train import run as fuse_run
     from mufasa_cli.runtime.device import resolve_device
 
-    cfg = load_recipe(str(recipe) if recipe else None).fuse
+    cfg = load_recipe([str(r) for r in recipe] if recipe else None).fuse
     mfl, cf = cfg.mfl, cfg.cf
     train_changes = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
     changes: dict = {"train": dataclasses.replace(mfl.train, **train_changes)}
@@ -307,8 +310,10 @@ KERNEL_HELP = (
 def align_train(
     run: Annotated[Path, typer.Argument(help="Run folder with data/ and fuse/.")],
     recipe: Annotated[
-        Path | None,
-        typer.Option(help="Recipe YAML (section align: sal, tau, train, train_all, ...); flags override it."),
+        list[Path] | None,
+        typer.Option(
+            help="Recipe YAML (section align: sal, tau, train, train_all, ...); flags override it. Repeat to layer recipes: later files override earlier ones."
+        ),
     ] = None,
     objective: Annotated[
         str | None,
@@ -400,7 +405,7 @@ def align_train(
     from mufasa_cli.runtime.device import resolve_device
     from mufasa_cli.sal.train import run_align, train_config
 
-    cfg = load_recipe(str(recipe) if recipe else None).align
+    cfg = load_recipe([str(r) for r in recipe] if recipe else None).align
     sal = _replace_given(
         cfg.sal,
         objective=objective,
@@ -449,6 +454,10 @@ def align_train(
         f"best epoch {manifest['best_epoch']}/{manifest['epochs_run']} ({manifest['kernel']} kernel)",
         highlight=False,
     )
+    if manifest.get("improving_at_cap"):
+        render.warning_line(
+            f"the SAL was still improving at its epoch cap ({manifest['epochs_run']}): pass a larger --epochs"
+        )
     render.out.print(f"wrote {run / 'align'}")
 
 
@@ -531,7 +540,12 @@ def eval_(
             "Missing ones are trained and cached under RUN/baselines/."
         ),
     ] = "lightgcn",
-    recipe: Annotated[Path | None, typer.Option(help="Recipe YAML (section baselines) for the baselines.")] = None,
+    recipe: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Recipe YAML (section baselines) for the baselines. Repeat to layer recipes: later files override earlier ones."
+        ),
+    ] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train the baselines again even when cached.")] = False,
     resume: Annotated[
         bool,
@@ -587,7 +601,7 @@ def eval_(
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise MufasaError(f"--compare {unknown[0]!r}: choose from {', '.join(BASELINES)}")
-    cfg = load_recipe(str(recipe) if recipe else None)
+    cfg = load_recipe([str(r) for r in recipe] if recipe else None)
     with render.progress() as on_progress:
         trained = ensure_baselines(
             run,
@@ -609,6 +623,11 @@ def eval_(
             f"{manifest['best_epoch']}/{manifest['epochs_run']}  ({manifest['wall_time_s']:.0f} s)",
             highlight=False,
         )
+        if manifest.get("improving_at_cap"):
+            render.warning_line(
+                f"{name} was still improving at its epoch cap ({manifest['epochs_run']}): under-trained; "
+                f"raise baselines.{name}.train.epochs in the recipe"
+            )
     result = run_eval(
         run, protocol=protocol, compare=names, ks=ks, keep_seen=keep_seen, test=test, chunk=chunk, slices=slices
     )
@@ -645,7 +664,10 @@ def ablate(
     protocol: Annotated[str, typer.Option(help="loo, zero-shot or cold-start.")] = "zero-shot",
     k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "5,10,20,50,100",
     recipe: Annotated[
-        Path | None, typer.Option(help="Recipe YAML the variants train with (as the full model).")
+        list[Path] | None,
+        typer.Option(
+            help="Recipe YAML the variants train with (as the full model). Repeat to layer recipes: later files override earlier ones."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the variants' training.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -683,7 +705,7 @@ def ablate(
     for flag, values in (("--history-len", lengths), ("--attention", kinds)):
         if len(set(values)) < len(values):
             raise MufasaError(f"{flag}: a value is named more than once")
-    cfg = load_recipe(str(recipe) if recipe else None)
+    cfg = load_recipe([str(r) for r in recipe] if recipe else None)
     dev = resolve_device(device)
     evaluate = lambda folder: run_eval(  # noqa: E731
         folder, protocol=protocol, compare=[], ks=ks, keep_seen=False, test="ttest"

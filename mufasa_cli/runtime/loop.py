@@ -61,12 +61,20 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     wall_time_s: float = 0.0
 
+    @property
+    def improving_at_cap(self) -> bool:
+        """Stopped by the epoch cap with its best validation the last one: not converged, so a
+        longer run would likely score higher (a baseline in that state is under-trained)."""
+        validated = [row["epoch"] for row in self.history if "valid" in row]
+        return not self.stopped_early and bool(validated) and self.best_epoch == validated[-1]
+
     def summary(self) -> dict:
         """What a stage's manifest records about its training run (epochs counted from 1)."""
         return {
             "best_epoch": self.best_epoch + 1,
             "epochs_run": self.epochs_run,
             "stopped_early": self.stopped_early,
+            "improving_at_cap": self.improving_at_cap,
             "resumed_after_epoch": None if self.resumed_from is None else self.resumed_from + 1,
             "history": self.history,
         }

@@ -78,11 +78,14 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
     )
     out = tmp_path / "q"
     args = [sys.executable, str(SCRIPT), "synthetic", "--preset", "tiny", "--seeds", "0,1", "--recipe", str(recipe)]
-    args += ["--compare", "sasrec,lightgcn", "--out", str(out), "--jobs", "2"]
+    args += ["--compare", "sasrec,lightgcn", "--out", str(out), "--jobs", "2", "--results", str(tmp_path / "res")]
     first = subprocess.run(args, capture_output=True, text=True, cwd=SCRIPT.parents[1])
     assert first.returncode == 0, first.stderr[-2000:]
     table = (out / "quality.md").read_text()
     assert table in first.stdout
+    dated = list((tmp_path / "res").glob("*-quality-synthetic.md"))
+    assert len(dated) == 1 and dated[0].read_text() == table
+    assert "benchmarks/quality.py synthetic" in table and "Recipe: " in table
     for label in ("| MUFASA-", "| SASRec-", "| LightGCN-"):
         assert label in table, label
     summary = json.loads((out / "quality.json").read_text())

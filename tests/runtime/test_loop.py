@@ -90,3 +90,16 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     scores = iter([1.0, 3.0, 2.0, 2.5, 0.0, 5.0])
     _, result = _train(tmp_path, epochs=6, patience=2, validate=lambda: next(scores))
     assert result.stopped_early and result.best_epoch == 1 and result.epochs_run == 4
+
+
+def test_improving_at_cap_marks_a_run_the_cap_cut_short(tmp_path):
+    rising = iter(range(100))
+    _, capped = _train(tmp_path / "a", epochs=3, validate=lambda: float(next(rising)))
+    assert capped.improving_at_cap and not capped.stopped_early
+    assert capped.summary()["improving_at_cap"] is True
+    falling = iter(range(100, 0, -1))
+    _, stopped = _train(tmp_path / "b", epochs=6, patience=2, validate=lambda: float(next(falling)))
+    assert stopped.stopped_early and not stopped.improving_at_cap
+    peaked = iter([1.0, 3.0, 2.0, 2.5])  # best before the end, patience not used up
+    _, plateau = _train(tmp_path / "c", epochs=4, patience=5, validate=lambda: next(peaked))
+    assert not plateau.stopped_early and not plateau.improving_at_cap

@@ -1,0 +1,47 @@
+"""benchmarks/tune.py: the same budget per model, coordinate search on validation, records and
+the tuned recipe (a tiny synthetic run, budget 2)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from mufasa_cli.config import load_recipe
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "tune.py"
+
+
+def test_tune_gives_each_model_the_budget_and_writes_records_and_recipe(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "fuse:\n  cf: {train: {epochs: 2}}\n  mfl: {train: {epochs: 1}}\n"
+        "align:\n  train: {epochs: 1}\n  train_all: {epochs: 1}\n"
+        "baselines:\n  sasrec: {max_len: 10, train: {epochs: 1}}\n"
+    )
+    run, res = tmp_path / "run", tmp_path / "res"
+    args = [sys.executable, str(SCRIPT), "synthetic", "--preset", "tiny", "--recipe", str(recipe), "--budget", "2"]
+    args += ["--run", str(run), "--results", str(res), "--jobs", "2"]
+    done = subprocess.run(args, capture_output=True, text=True, cwd=SCRIPT.parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    for model in ("mufasa", "sasrec"):
+        record = json.loads((run / "tuning" / f"{model}.json").read_text())
+        assert len(record["trials"]) == 2 and record["budget"] == 2
+        scores = [t["valid"]["NDCG@10"] for t in record["trials"]]
+        assert record["best_valid"]["NDCG@10"] == max(scores)
+        assert record["best_config"] == record["trials"][record["best"]]["config"]
+        for t in record["trials"]:  # validation and its epochs only: test is never read
+            assert set(t["valid"]) == {"HR@10", "NDCG@10"} and t["epochs_run"] >= 1
+    # the first axes: MUFASA's objective, SASRec's layers
+    mufasa = json.loads((run / "tuning" / "mufasa.json").read_text())
+    assert [t["config"]["sal"]["objective"] for t in mufasa["trials"]] == ["last", "all"]
+    tuned = yaml.safe_load((run / "tuning" / "recipe.yaml").read_text())
+    assert tuned["align"] == mufasa["best_config"]
+    load_recipe(str(run / "tuning" / "recipe.yaml"))  # a valid recipe
+    table = next(res.glob("*-tune-synthetic.md")).read_text()
+    assert "benchmarks/tune.py synthetic" in table and "## mufasa" in table and "## sasrec" in table
+    # a second call reads the finished trials instead of training them again
+    again = subprocess.run(args, capture_output=True, text=True, cwd=SCRIPT.parents[1])
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((run / "tuning" / "mufasa.json").read_text())["trials"] == mufasa["trials"]
