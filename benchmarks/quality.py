@@ -42,7 +42,14 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-COLUMNS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")
+COLUMNS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")  # one target (loo); several (zero-shot): Recall@k
+
+
+def columns(result: dict) -> tuple[str, ...]:
+    """The table's columns for an eval result: HR@k for one target per user, Recall@k for several."""
+    return tuple(c.replace("HR@", "Recall@") for c in COLUMNS) if "Recall@10" in result["metrics"] else COLUMNS
+
+
 MAIN = "NDCG@10"
 TARGET = 1.10  # MUFASA's mean test NDCG@10 against the best baseline's
 BASELINES = "sasrec,dssm,youtube,lightgcn,mmgcn"
@@ -93,12 +100,13 @@ def run_seed(run: Path, seed: int, opts: argparse.Namespace, threads: int) -> di
         if stale or not _done(run / name):
             walls[name] = _mufasa(args, log, threads)
             stale = True  # everything downstream is redone too
-    metrics = run / "eval" / "loo" / "metrics.json"
-    if stale or not metrics.is_file() or not _covers(metrics, opts):
-        args = ["eval", str(run), "--protocol", "loo", "--compare", opts.compare, *recipe, "--seed", str(seed)]
-        args += ["--test", opts.test, "--format", "json", "--force", *(["--keep-seen"] if opts.keep_seen else [])]
-        args += ["--retrain"] if opts.force else []
-        walls["eval"] = _mufasa(args, log, threads)
+    for protocol in opts.protocols:
+        metrics = run / "eval" / protocol / "metrics.json"
+        if stale or not metrics.is_file() or not _covers(metrics, opts):
+            args = ["eval", str(run), "--protocol", protocol, "--compare", opts.compare, *recipe, "--seed", str(seed)]
+            args += ["--test", opts.test, "--format", "json", "--force", *(["--keep-seen"] if opts.keep_seen else [])]
+            args += ["--retrain"] if opts.force and protocol == opts.protocols[0] else []
+            walls["eval" if protocol == "loo" else f"eval {protocol}"] = _mufasa(args, log, threads)
     return walls
 
 
@@ -106,6 +114,7 @@ def _covers(metrics: Path, opts: argparse.Namespace) -> bool:
     """Whether an existing eval result is the one asked for (same models and masking)."""
     result = json.loads(metrics.read_text())
     wanted = {"mufasa", *(c.strip() for c in opts.compare.split(",") if c.strip())}
+    wanted = wanted - set(result["skipped"])  # transductive baselines sit out zero-shot
     return set(result["models"]) == wanted and result["keep_seen"] == opts.keep_seen and result["test"] == opts.test
 
 
@@ -137,6 +146,7 @@ def summarize(results: dict[int, dict], test: str) -> dict:
     """Means, stds and per-seed values of every model; the paired test of MUFASA against the
     strongest baseline over users, each user's metric averaged over the seeds."""
     seeds = sorted(results)
+    cols = columns(results[seeds[0]])
     models = sorted(results[seeds[0]]["models"], key=_row_order)
     users = results[seeds[0]]["users"]
     for s in seeds[1:]:
@@ -144,7 +154,7 @@ def summarize(results: dict[int, dict], test: str) -> dict:
             raise ValueError(f"seed {s} evaluated other users or models than seed {seeds[0]}")
     table = {}
     for name in models:
-        per_seed = {c: [results[s]["models"][name]["mean"][c] for s in seeds] for c in COLUMNS}
+        per_seed = {c: [results[s]["models"][name]["mean"][c] for s in seeds] for c in cols}
         table[name] = {
             "params": results[seeds[0]]["models"][name]["params"],
             "mean": {c: float(np.mean(v)) for c, v in per_seed.items()},
@@ -157,7 +167,7 @@ def summarize(results: dict[int, dict], test: str) -> dict:
     if strongest:
         from mufasa_cli.eval.run import paired_p
 
-        for c in COLUMNS:
+        for c in cols:
             ours = np.mean([results[s]["per_user"]["mufasa"][c] for s in seeds], axis=0)
             theirs = np.mean([results[s]["per_user"][strongest][c] for s in seeds], axis=0)
             p_values[c] = paired_p(ours, theirs, test)
@@ -167,6 +177,8 @@ def summarize(results: dict[int, dict], test: str) -> dict:
         "seeds": seeds,
         "users": len(users),
         "keep_seen": results[seeds[0]]["keep_seen"],
+        "protocol": results[seeds[0]]["protocol"],
+        "columns": list(cols),
         "test": test,
         "models": table,
         "strongest_baseline": strongest,
@@ -182,7 +194,8 @@ def markdown(summary: dict, title: str) -> str:
     from mufasa_cli.eval import DISPLAY_NAMES
 
     table = summary["models"]
-    order = {c: sorted({round(m["mean"][c], 4) for m in table.values()}, reverse=True) for c in COLUMNS}
+    cols = summary["columns"]
+    order = {c: sorted({round(m["mean"][c], 4) for m in table.values()}, reverse=True) for c in cols}
     strongest = summary["strongest_baseline"]
 
     def cell(name: str, c: str) -> str:
@@ -197,18 +210,18 @@ def markdown(summary: dict, title: str) -> str:
     seeds = ", ".join(map(str, summary["seeds"]))
     spread = f"mean ± std over seeds {seeds}" if len(summary["seeds"]) > 1 else f"one seed ({seeds}): no spread"
     lines = [
-        f"{title}: test, {summary['users']:,} users, {seen}, {spread}",
+        f"{title}: test, `{summary['protocol']}`, {summary['users']:,} users, {seen}, {spread}",
         "",
-        "| Model | " + " | ".join(COLUMNS) + " |",
-        "|---|" + "---|" * len(COLUMNS),
+        "| Model | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
     ]
     for name in table:
         lines.append(
-            f"| {model_label(name, table[name]['params'])} | " + " | ".join(cell(name, c) for c in COLUMNS) + " |"
+            f"| {model_label(name, table[name]['params'])} | " + " | ".join(cell(name, c) for c in cols) + " |"
         )
     if strongest:
         best = DISPLAY_NAMES.get(strongest, strongest)
-        ps = ", ".join(f"{c} {summary['p_values'][c]:.2g}" for c in COLUMNS)
+        ps = ", ".join(f"{c} {summary['p_values'][c]:.2g}" for c in cols)
         lines += [
             "",
             f"Paired {summary['test']} of MUFASA against the strongest baseline ({best}), each user's metric "
@@ -248,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", type=Path, help="recipe YAML (default: recipes/DATASET.yaml)")
     parser.add_argument("--compare", default=BASELINES, help=f"baselines (default: {BASELINES})")
     parser.add_argument("--keep-seen", action="store_true", help="score seen items too (RecBole's protocol)")
+    parser.add_argument(
+        "--protocols", default="loo", help="comma-separated: loo, zero-shot (synthetic); a table each (default: loo)"
+    )
     parser.add_argument("--test", default="ttest", choices=("ttest", "wilcoxon"))
     parser.add_argument("--extra-fuse", default="", help='extra fuse-train flags, e.g. "--epochs 1"')
     parser.add_argument("--extra-align", default="", help='extra align-train flags, e.g. "--objective all"')
@@ -260,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for the dated copy of the table (default: benchmarks/results)",
     )
     opts = parser.parse_args(argv)
+    opts.protocols = [p.strip() for p in opts.protocols.split(",") if p.strip()]
+    if not opts.protocols or not set(opts.protocols) <= {"loo", "zero-shot"}:
+        parser.error(f"--protocols {','.join(opts.protocols)!r}: choose from loo, zero-shot")
     seeds = [int(s) for s in opts.seeds.split(",") if s.strip()]
     if not seeds or len(set(seeds)) != len(seeds):
         parser.error(f"--seeds {opts.seeds!r}: give distinct integers")
@@ -285,14 +304,20 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailed as e:
         print(f"benchmarks/quality.py: {e}", file=sys.stderr)
         return 1
-    results = {s: json.loads((runs[s] / "eval" / "loo" / "metrics.json").read_text()) for s in seeds}
-    summary = summarize(results, opts.test)
+    summaries = {}
+    for protocol in opts.protocols:
+        results = {s: json.loads((runs[s] / "eval" / protocol / "metrics.json").read_text()) for s in seeds}
+        summaries[protocol] = summarize(results, opts.test)
+    summary = dict(summaries[opts.protocols[0]])  # the first protocol's at the top level, as before
+    if len(opts.protocols) > 1:
+        summary["protocols"] = summaries
     summary["train_s"] = {str(s): stage_walls(runs[s]) for s in seeds}
     summary["walls_s"] = {str(s): {k: round(v, 1) for k, v in w.items()} for s, w in walls.items()}
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     summary["command"] = " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
     summary["date"] = time.strftime("%Y-%m-%d", time.gmtime())
-    text = markdown(summary, f"{opts.dataset} ({summary['date']}, {os.cpu_count()} CPU cores)")
+    title = f"{opts.dataset} ({summary['date']}, {os.cpu_count()} CPU cores)"
+    text = "\n".join(markdown(summaries[p], title) for p in opts.protocols)
     recipe = opts.recipe.relative_to(ROOT) if opts.recipe.is_relative_to(ROOT) else opts.recipe
     text = f"`{summary['command']}`\n\nRecipe: `{recipe}`; seeds {opts.seeds}.\n\n" + text
     stem = "quality-keep-seen" if opts.keep_seen else "quality"

@@ -5,14 +5,14 @@ Each model gets the same number of configurations (--budget). The search is coor
 from the base recipe's configuration: the axes of the model's SPACE are visited in order, every
 other value of an axis is tried from the best configuration so far (the values of one axis in
 parallel, --jobs), and the best is kept when it beats the incumbent's validation NDCG@10. A
-configuration still improving at its epoch cap is trained again with twice the epochs (up to
-EXTENSIONS times; the extension is the same configuration, so it does not count against the
+configuration that reaches its epoch cap before early stopping ends it (not converged) is
+trained again with twice the epochs (up to EXTENSIONS times; the extension is the same configuration, so it does not count against the
 budget): a baseline stopped while improving is under-trained, and its score would not count.
 Test targets are never read: every score here is the stage's own validation NDCG@10
 (leave-one-out valid item, full ranking, train items masked), written in its manifest.
 
-    python benchmarks/tune.py synthetic --preset small --budget 8 --jobs 2
-    python benchmarks/tune.py ml-100k --source ../shared/data/ml-100k --models mufasa,sasrec --budget 6
+    python benchmarks/tune.py synthetic --preset small --jobs 2
+    python benchmarks/tune.py ml-100k --source ../shared/data/ml-100k --models mufasa,sasrec
 
 Writes RUN/tuning/<model>.json (every configuration tried, its validation metrics, epochs, wall
 time, and the chosen one), RUN/tuning/recipe.yaml (the base recipe with each model's chosen
@@ -52,19 +52,19 @@ EXTENSIONS = 2  # times a configuration improving at its cap is retrained with t
 # schedule the configuration trains with (align: train_all under objective all, else train).
 SPACE: dict[str, list[tuple[str, list]]] = {
     "mufasa": [
-        ("sal.objective", ["last", "all"]),
         ("item_ids", [False, True]),
         ("full_softmax", [False, True]),
-        ("sal.layers", [1, 2]),
+        ("sal.objective", ["last", "all"]),
+        ("sal.layers", [1, 2, 3]),  # stacked layers need objective all: set with them (COUPLED)
         ("{train}.lr", [1e-3, 2e-3, 3e-3]),
         ("sal.dropout", [0.0, 0.2, 0.5]),
         ("sal.d_model", [64, 128]),
         ("finetune_mfl", [False, True]),
     ],
     "sasrec": [
-        ("num_layers", [1, 2, 3]),
+        ("num_layers", [1, 2, 3, 4]),
         ("train.lr", [1e-3, 2e-3, 3e-3]),
-        ("dropout", [0.2, 0.5]),
+        ("dropout", [0.2, 0.35, 0.5]),
         ("d_model", [64, 128]),
         ("max_len", [50, 200]),
     ],
@@ -75,6 +75,8 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("tau", [0.05, 0.1, 0.2]),
     ],
 }
+# A value that only exists together with another: trying it sets that one too.
+COUPLED = {("mufasa", "sal.layers"): lambda v: {"sal.objective": "all"} if v > 1 else {}}
 MAIN = "NDCG@10"
 
 
@@ -151,7 +153,9 @@ class Search:
             for v in values:
                 config = copy.deepcopy(best["config"])
                 _set(config, path, v)
-                if _key(self.model, config) not in self.seen:
+                for other, value in COUPLED.get((self.model, axis), lambda v: {})(v).items():
+                    _set(config, other, value)
+                if _key(self.model, config) not in self.seen and self.valid(config, f"{path}={v}"):
                     candidates.append(config)
             candidates = candidates[: self.opts.budget - len(self.trials)]
             with ThreadPoolExecutor(max(1, self.opts.jobs)) as pool:
@@ -170,6 +174,21 @@ class Search:
         }
         (self.opts.run / "tuning" / f"{self.model}.json").write_text(json.dumps(result, indent=1) + "\n")
         return result
+
+    def valid(self, config: dict, change: str) -> bool:
+        """Whether the recipe with this configuration loads (e.g. stacked layers need objective
+        all); an invalid one is skipped, and does not count against the budget."""
+        from mufasa_cli.config import Recipe, RecipeError, restore
+
+        recipe = copy.deepcopy(self.base)
+        _section(recipe, self.model).clear()
+        _section(recipe, self.model).update(copy.deepcopy(config))
+        try:
+            restore(Recipe(), recipe, "recipe")
+        except RecipeError as e:
+            print(f"{self.model}: skipped {change} ({e})", flush=True)
+            return False
+        return True
 
     def trial(self, config: dict) -> dict:
         with self.lock:
@@ -263,7 +282,7 @@ def markdown(results: dict[str, dict], opts: argparse.Namespace, command: str) -
         "",
         f"Base recipe: `{opts.recipe.relative_to(ROOT) if opts.recipe.is_relative_to(ROOT) else opts.recipe}`; "
         f"seed {opts.seed}; coordinate search from the base configuration (benchmarks/tune.py). "
-        "A configuration still improving at its epoch cap was retrained with twice the epochs "
+        "A configuration that reached its epoch cap before early stopping was retrained with twice the epochs "
         f"(up to {EXTENSIONS} times). Test was not read.",
         "",
     ]
@@ -271,7 +290,7 @@ def markdown(results: dict[str, dict], opts: argparse.Namespace, command: str) -
         lines += [
             f"## {model}: best #{r['best']}, valid {MAIN} {r['best_valid'][MAIN]:.4f}",
             "",
-            "| # | changed from the base recipe | valid HR@10 | valid NDCG@10 | best epoch / run | capped while improving | s |",
+            "| # | changed from the base recipe | valid HR@10 | valid NDCG@10 | best epoch / run | cap before early stop | s |",
             "|---|---|---|---|---|---|---|",
         ]
         for t in r["trials"]:
@@ -317,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, help="run folder (default: runs/tune-DATASET)")
     parser.add_argument("--recipe", type=Path, help="base recipe (default: the dataset's in recipes/)")
     parser.add_argument("--models", default="mufasa,sasrec", help=f"comma-separated, of {', '.join(SPACE)}")
-    parser.add_argument("--budget", type=int, default=8, help="configurations per model (default: 8)")
+    parser.add_argument("--budget", type=int, default=10, help="configurations per model (default: 10)")
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once in all (default: 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

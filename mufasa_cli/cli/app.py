@@ -456,7 +456,8 @@ def align_train(
     )
     if manifest.get("improving_at_cap"):
         render.warning_line(
-            f"the SAL was still improving at its epoch cap ({manifest['epochs_run']}): pass a larger --epochs"
+            f"the SAL reached its epoch cap ({manifest['epochs_run']}) before early stopping: it may be "
+            "under-trained; pass a larger --epochs"
         )
     render.out.print(f"wrote {run / 'align'}")
 
@@ -625,8 +626,8 @@ def eval_(
         )
         if manifest.get("improving_at_cap"):
             render.warning_line(
-                f"{name} was still improving at its epoch cap ({manifest['epochs_run']}): under-trained; "
-                f"raise baselines.{name}.train.epochs in the recipe"
+                f"{name} reached its epoch cap ({manifest['epochs_run']}) before early stopping: it may be "
+                f"under-trained; raise baselines.{name}.train.epochs in the recipe"
             )
     result = run_eval(
         run, protocol=protocol, compare=names, ks=ks, keep_seen=keep_seen, test=test, chunk=chunk, slices=slices

@@ -63,10 +63,10 @@ class FitResult:
 
     @property
     def improving_at_cap(self) -> bool:
-        """Stopped by the epoch cap with its best validation the last one: not converged, so a
-        longer run would likely score higher (a baseline in that state is under-trained)."""
-        validated = [row["epoch"] for row in self.history if "valid" in row]
-        return not self.stopped_early and bool(validated) and self.best_epoch == validated[-1]
+        """Stopped by the epoch cap before early stopping could end it: its best validation is
+        among the last `patience` ones, so it had not converged and a longer run may score
+        higher (a baseline in that state is under-trained)."""
+        return not self.stopped_early and any("valid" in row for row in self.history)
 
     def summary(self) -> dict:
         """What a stage's manifest records about its training run (epochs counted from 1)."""

@@ -9,6 +9,10 @@ sigmoid gates from the query weigh the branch outputs; u = Out(sum_m g_m z_m) + 
 u and e are L2-normalised, so u . e is a cosine and the softmax temperature sets the logit scale
 (unnormalised, tau = 0.07 gave initial losses above 200 and many wasted epochs).
 
+Beyond the paper, cfg.layers > 1 stacks SAL layers (SALLayer) as pre-norm residual blocks:
+x = h; each layer adds Out(mix(LN(x))) and then a feed-forward FFN(LN(x)) to x, every position a
+causal query (objective `all`); u = LN(x) at the query, unit length.
+
 Variants (for the ablations and the paper's Table 6): attention = "full" replaces the
 branches by one attention over every history item up to the query; "mean" by mean pooling of
 those items; `without` drops branches from the gate.

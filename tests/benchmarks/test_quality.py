@@ -27,6 +27,8 @@ def _result(per_user: dict[str, list[float]], params: dict[str, int]) -> dict:
     return {
         "users": [0, 1, 2, 3],
         "keep_seen": False,
+        "protocol": "loo",
+        "metrics": [*cols, "MRR"],
         "models": {n: {"params": params[n], "mean": {c: float(np.mean(v)) for c in cols}} for n, v in per_user.items()},
         "per_user": {n: {c: v for c in cols} for n, v in per_user.items()},
     }
@@ -79,6 +81,7 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
     out = tmp_path / "q"
     args = [sys.executable, str(SCRIPT), "synthetic", "--preset", "tiny", "--seeds", "0,1", "--recipe", str(recipe)]
     args += ["--compare", "sasrec,lightgcn", "--out", str(out), "--jobs", "2", "--results", str(tmp_path / "res")]
+    args += ["--protocols", "loo,zero-shot"]
     first = subprocess.run(args, capture_output=True, text=True, cwd=SCRIPT.parents[1])
     assert first.returncode == 0, first.stderr[-2000:]
     table = (out / "quality.md").read_text()
@@ -89,7 +92,16 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
     for label in ("| MUFASA-", "| SASRec-", "| LightGCN-"):
         assert label in table, label
     summary = json.loads((out / "quality.json").read_text())
-    assert summary["seeds"] == [0, 1] and set(summary["walls_s"]["0"]) == {"fuse", "align", "embed", "eval"}
+    assert summary["seeds"] == [0, 1] and set(summary["walls_s"]["0"]) == {
+        "fuse",
+        "align",
+        "embed",
+        "eval",
+        "eval zero-shot",
+    }
+    zero_shot = summary["protocols"]["zero-shot"]  # a second table: Recall@k, no transductive LightGCN
+    assert zero_shot["columns"][0] == "Recall@10" and set(zero_shot["models"]) == {"mufasa", "sasrec"}
+    assert "`zero-shot`" in table and "| Recall@10 |" in table
     assert set(summary["train_s"]["1"]) == {"data", "fuse", "align", "embed", "sasrec"}
     for seed in (0, 1):
         metrics = json.loads((out / f"seed{seed}" / "eval" / "loo" / "metrics.json").read_text())
@@ -109,7 +121,7 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
     seen = subprocess.run([*args, "--keep-seen"], capture_output=True, text=True, cwd=SCRIPT.parents[1])
     assert seen.returncode == 0, seen.stderr[-2000:]
     kept = json.loads((out / "quality-keep-seen.json").read_text())
-    assert kept["keep_seen"] and set(kept["walls_s"]["0"]) == {"eval"}  # only eval ran again
+    assert kept["keep_seen"] and set(kept["walls_s"]["0"]) == {"eval", "eval zero-shot"}  # only eval ran again
     assert "seen items kept" in (out / "quality-keep-seen.md").read_text()
     assert (out / "quality.md").read_text() == table
 
