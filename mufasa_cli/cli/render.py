@@ -476,15 +476,21 @@ def slice_table(result: Mapping, fmt: str) -> None:
     main = result["main_metric"]
     t = Table(title=f"{result['protocol']} {main} by slice ({seen})", title_justify="left")
     for c in ("Slice", "Users", "Targets", *labels):
-        t.add_column(c, justify="left" if c == "Slice" else "right")
+        t.add_column(c, justify="left" if c == "Slice" else "right", no_wrap=c == "Slice")
     for r in rows:
         values = [r["models"][n][main] for n in names]
         order = sorted(set(values), reverse=True)
         t.add_row(
-            f"{r['kind']}: {r['name']}",
+            _slice_label(r),
             f"{r['cases']:,}",
             f"{r['pairs']:,}",
             *[emphasize(f"{v:.4f}", v, order, "[bold]{}[/]", "[underline]{}[/]") for v in values],
         )
     out.print(t)
     out.print("every metric per slice: metrics.json, or --format md / csv", highlight=False)
+
+
+def _slice_label(row: Mapping) -> str:
+    """A short row label: `len Q1 [4,4]`, `pop head`, `repeat` / `new`."""
+    prefix = {"history": "len ", "popularity": "pop "}.get(row["kind"], "")
+    return prefix + row["name"].replace(", ", ",")
