@@ -23,7 +23,8 @@ NDCG@10 against 1.10 × the best baseline's.
     python benchmarks/quality.py synthetic --preset tiny --seeds 0,1 --recipe R.yaml   # the test's run
 
 Writes RUN/quality.md (the table) and RUN/quality.json (means, stds, per-seed values,
-p-values, the training time of every stage and baseline from their manifests), or RUN/quality-keep-seen.* with --keep-seen; prints the table. With
+p-values, the training time of every stage and baseline from their manifests), or RUN/quality-keep-seen.* with --keep-seen (a --compare other than the default
+adds -vs-BASELINES to the names); prints the table. With
 --keep-seen on a finished run only `eval` runs again (the trained models are reused).
 """
 
@@ -105,6 +106,7 @@ def run_seed(run: Path, seed: int, opts: argparse.Namespace, threads: int) -> di
         if stale or not metrics.is_file() or not _covers(metrics, opts):
             args = ["eval", str(run), "--protocol", protocol, "--compare", opts.compare, *recipe, "--seed", str(seed)]
             args += ["--test", opts.test, "--format", "json", "--force", *(["--keep-seen"] if opts.keep_seen else [])]
+            args += ["--slices"] if opts.slices else []
             args += ["--retrain"] if opts.force and protocol == opts.protocols[0] else []
             walls["eval" if protocol == "loo" else f"eval {protocol}"] = _mufasa(args, log, threads)
     return walls
@@ -262,12 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", default=BASELINES, help=f"baselines (default: {BASELINES})")
     parser.add_argument("--keep-seen", action="store_true", help="score seen items too (RecBole's protocol)")
     parser.add_argument(
+        "--slices", action="store_true", help="eval --slices too: every slice of every seed in its metrics.json"
+    )
+    parser.add_argument(
         "--protocols", default="loo", help="comma-separated: loo, zero-shot (synthetic); a table each (default: loo)"
     )
     parser.add_argument("--test", default="ttest", choices=("ttest", "wilcoxon"))
     parser.add_argument("--extra-fuse", default="", help='extra fuse-train flags, e.g. "--epochs 1"')
     parser.add_argument("--extra-align", default="", help='extra align-train flags, e.g. "--objective all"')
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained at once, cores shared among them")
+    parser.add_argument("--threads", type=int, help="torch threads per seed (default: the cores shared among --jobs)")
     parser.add_argument("--force", action="store_true", help="redo every stage, even complete ones")
     parser.add_argument(
         "--results",
@@ -296,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(runs[s] / "data", ignore_errors=True)
             shutil.copytree(first / "data", runs[s] / "data")
     jobs = max(1, min(opts.jobs, len(seeds)))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = opts.threads or max(1, (os.cpu_count() or 1) // jobs)
     started = time.perf_counter()
     try:
         with ThreadPoolExecutor(jobs) as pool:
@@ -321,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     recipe = opts.recipe.relative_to(ROOT) if opts.recipe.is_relative_to(ROOT) else opts.recipe
     text = f"`{summary['command']}`\n\nRecipe: `{recipe}`; seeds {opts.seeds}.\n\n" + text
     stem = "quality-keep-seen" if opts.keep_seen else "quality"
+    compared = [c.strip() for c in opts.compare.split(",") if c.strip()]
+    if compared != [c.strip() for c in BASELINES.split(",")]:  # a subset: its own file, beside the full one
+        stem += "-vs-" + "-".join(compared)
     (out / f"{stem}.md").write_text(text)
     opts.results.mkdir(parents=True, exist_ok=True)
     (opts.results / f"{summary['date']}-{stem}-{opts.dataset}.md").write_text(text)

@@ -340,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="trainings at once in all (default: 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--threads", type=int, help="torch threads per training (default: the cores shared among the trainings)"
+    )
+    parser.add_argument(
         "--skip", default="", help="axes not searched, comma-separated (e.g. max_len where every history is short)"
     )
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
@@ -357,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     (opts.run / "tuning").mkdir(exist_ok=True)
     # the jobs are shared by the models' searches; each training gets the cores of one job
     opts.jobs = max(1, opts.jobs // len(opts.models))
-    opts.threads = max(1, (os.cpu_count() or 1) // (opts.jobs * len(opts.models)))
+    opts.threads = opts.threads or max(1, (os.cpu_count() or 1) // (opts.jobs * len(opts.models)))
     started = time.perf_counter()
     prepare(opts)
     base = yaml.safe_load(opts.recipe.read_text()) or {}
@@ -375,7 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["python", "benchmarks/tune.py", *argv])
     text = (
         markdown(results, opts, command)
-        + f"\nWall time: {time.perf_counter() - started:.0f} s on {os.cpu_count()} cores.\n"
+        + f"\nTraining time of the trials: {sum(r['wall_s'] for res in results.values() for r in res['trials']):.0f} s"
+        f" (one thread each); this call: {time.perf_counter() - started:.0f} s on {os.cpu_count()} cores"
+        " (trials finished by an earlier call are reused).\n"
     )
     opts.results.mkdir(parents=True, exist_ok=True)
     out = opts.results / f"{dt.date.today()}-tune-{opts.dataset}.md"

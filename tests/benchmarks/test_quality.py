@@ -84,14 +84,14 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
     args += ["--protocols", "loo,zero-shot"]
     first = subprocess.run(args, capture_output=True, text=True, cwd=SCRIPT.parents[1])
     assert first.returncode == 0, first.stderr[-2000:]
-    table = (out / "quality.md").read_text()
+    table = (out / "quality-vs-sasrec-lightgcn.md").read_text()
     assert table in first.stdout
-    dated = list((tmp_path / "res").glob("*-quality-synthetic.md"))
+    dated = list((tmp_path / "res").glob("*-quality-vs-sasrec-lightgcn-synthetic.md"))
     assert len(dated) == 1 and dated[0].read_text() == table
     assert "benchmarks/quality.py synthetic" in table and "Recipe: " in table
     for label in ("| MUFASA-", "| SASRec-", "| LightGCN-"):
         assert label in table, label
-    summary = json.loads((out / "quality.json").read_text())
+    summary = json.loads((out / "quality-vs-sasrec-lightgcn.json").read_text())
     assert summary["seeds"] == [0, 1] and set(summary["walls_s"]["0"]) == {
         "fuse",
         "align",
@@ -116,14 +116,14 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
     assert a["outputs"] == b["outputs"]
     again = subprocess.run(args, capture_output=True, text=True, cwd=SCRIPT.parents[1])
     assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads((out / "quality.json").read_text())["walls_s"] == {"0": {}, "1": {}}  # nothing re-run
-    assert (out / "quality.md").read_text() == table
+    assert json.loads((out / "quality-vs-sasrec-lightgcn.json").read_text())["walls_s"] == {"0": {}, "1": {}}  # nothing re-run
+    assert (out / "quality-vs-sasrec-lightgcn.md").read_text() == table
     seen = subprocess.run([*args, "--keep-seen"], capture_output=True, text=True, cwd=SCRIPT.parents[1])
     assert seen.returncode == 0, seen.stderr[-2000:]
-    kept = json.loads((out / "quality-keep-seen.json").read_text())
+    kept = json.loads((out / "quality-keep-seen-vs-sasrec-lightgcn.json").read_text())
     assert kept["keep_seen"] and set(kept["walls_s"]["0"]) == {"eval", "eval zero-shot"}  # only eval ran again
-    assert "seen items kept" in (out / "quality-keep-seen.md").read_text()
-    assert (out / "quality.md").read_text() == table
+    assert "seen items kept" in (out / "quality-keep-seen-vs-sasrec-lightgcn.md").read_text()
+    assert (out / "quality-vs-sasrec-lightgcn.md").read_text() == table
 
 
 def test_quality_benchmark_needs_a_source_for_real_data(tmp_path):
