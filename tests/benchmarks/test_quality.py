@@ -116,7 +116,8 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
     assert a["outputs"] == b["outputs"]
     again = subprocess.run(args, capture_output=True, text=True, cwd=SCRIPT.parents[1])
     assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads((out / "quality-vs-sasrec-lightgcn.json").read_text())["walls_s"] == {"0": {}, "1": {}}  # nothing re-run
+    summary = json.loads((out / "quality-vs-sasrec-lightgcn.json").read_text())
+    assert summary["walls_s"] == {"0": {}, "1": {}}  # nothing re-run
     assert (out / "quality-vs-sasrec-lightgcn.md").read_text() == table
     seen = subprocess.run([*args, "--keep-seen"], capture_output=True, text=True, cwd=SCRIPT.parents[1])
     assert seen.returncode == 0, seen.stderr[-2000:]
