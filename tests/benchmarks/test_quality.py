@@ -81,7 +81,7 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
     out = tmp_path / "q"
     args = [sys.executable, str(SCRIPT), "synthetic", "--preset", "tiny", "--seeds", "0,1", "--recipe", str(recipe)]
     args += ["--compare", "sasrec,lightgcn", "--out", str(out), "--jobs", "2", "--results", str(tmp_path / "res")]
-    args += ["--protocols", "loo,zero-shot"]
+    args += ["--protocols", "loo,zero-shot", "--slices", "--threads", "1"]
     first = subprocess.run(args, capture_output=True, text=True, cwd=SCRIPT.parents[1])
     assert first.returncode == 0, first.stderr[-2000:]
     table = (out / "quality-vs-sasrec-lightgcn.md").read_text()
@@ -108,6 +108,8 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
         for name in ("mufasa", "sasrec", "lightgcn"):
             got = summary["models"][name]["per_seed"]["NDCG@10"][seed]
             assert got == metrics["models"][name]["mean"]["NDCG@10"]
+        kinds = {sl["kind"] for sl in metrics["slices"]}  # --slices reached eval
+        assert {"history", "popularity"} <= kinds, kinds
     m = summary["models"]["sasrec"]
     assert m["std"]["HR@10"] == pytest.approx(float(np.std(m["per_seed"]["HR@10"], ddof=1)))
     assert set(summary["p_values"]) == {"HR@10", "NDCG@10", "HR@20", "NDCG@20"}
