@@ -112,10 +112,15 @@ def run_seed(run: Path, seed: int, opts: argparse.Namespace, threads: int) -> di
     return walls
 
 
+def _names(compare: str) -> list[str]:
+    """The baselines of a comma-separated --compare."""
+    return [c.strip() for c in compare.split(",") if c.strip()]
+
+
 def _covers(metrics: Path, opts: argparse.Namespace) -> bool:
     """Whether an existing eval result is the one asked for (same models and masking)."""
     result = json.loads(metrics.read_text())
-    wanted = {"mufasa", *(c.strip() for c in opts.compare.split(",") if c.strip())}
+    wanted = {"mufasa", *_names(opts.compare)}
     wanted = wanted - set(result["skipped"])  # transductive baselines sit out zero-shot
     return set(result["models"]) == wanted and result["keep_seen"] == opts.keep_seen and result["test"] == opts.test
 
@@ -327,9 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = opts.recipe.relative_to(ROOT) if opts.recipe.is_relative_to(ROOT) else opts.recipe
     text = f"`{summary['command']}`\n\nRecipe: `{recipe}`; seeds {opts.seeds}.\n\n" + text
     stem = "quality-keep-seen" if opts.keep_seen else "quality"
-    compared = [c.strip() for c in opts.compare.split(",") if c.strip()]
-    if compared != [c.strip() for c in BASELINES.split(",")]:  # a subset: its own file, beside the full one
-        stem += "-vs-" + "-".join(compared)
+    if _names(opts.compare) != _names(BASELINES):  # a subset: its own file, beside the full one
+        stem += "-vs-" + "-".join(_names(opts.compare))
     (out / f"{stem}.md").write_text(text)
     opts.results.mkdir(parents=True, exist_ok=True)
     (opts.results / f"{summary['date']}-{stem}-{opts.dataset}.md").write_text(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,20 @@ from typer.testing import CliRunner
 from mufasa_cli.cli.app import app
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def invoke(*args: str):
     """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr, output)."""
     return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (the benchmark scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def folder_digest(folder: Path) -> dict[str, str]:

@@ -1,26 +1,15 @@
 """benchmarks/synthetic_oracle.py: it replays the generator exactly, its law is a distribution,
 and the rollouts agree with it on the first step."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from mufasa_cli.data.sources import synthetic as syn
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "synthetic_oracle.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("synthetic_oracle", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def test_replay_draws_the_generators_sequences_and_the_law_is_a_distribution():
-    o = _module()
+    o = load_benchmark("synthetic_oracle")
     cfg = syn.preset_config("tiny")
     cat, users = o.replay(cfg, seed=3)
     data = syn.generate(cfg, seed=3)
@@ -36,7 +25,7 @@ def test_replay_draws_the_generators_sequences_and_the_law_is_a_distribution():
 
 
 def test_oracle_scores_a_prepared_run(tiny_run):
-    o = _module()
+    o = load_benchmark("synthetic_oracle")
     result = o.evaluate(tiny_run, keep_seen=False, rollouts=200)
     assert set(result) == {"loo", "zero-shot"}
     assert 0.2 < result["loo"]["NDCG@10"] <= 1.0 and 0.2 < result["zero-shot"]["NDCG@10"] <= 1.0

@@ -1,24 +1,17 @@
 """benchmarks/quality.py: the seed summary by hand, and a tiny synthetic run end to end."""
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
+from tests.conftest import BENCHMARKS, load_benchmark
 
-
-def _module():
-    spec = importlib.util.spec_from_file_location("quality", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = BENCHMARKS / "quality.py"
 
 
 def _result(per_user: dict[str, list[float]], params: dict[str, int]) -> dict:
@@ -35,7 +28,7 @@ def _result(per_user: dict[str, list[float]], params: dict[str, int]) -> dict:
 
 
 def test_summary_means_stds_and_the_paired_test_over_seed_averaged_users():
-    q = _module()
+    q = load_benchmark("quality")
     params = {"mufasa": 300_000, "sasrec": 1_300_000, "dssm": 40_000}
     results = {
         0: _result({"mufasa": [1, 0, 0.5, 0], "sasrec": [0, 0, 0.5, 0], "dssm": [0, 0, 0, 0]}, params),
@@ -64,7 +57,7 @@ def test_summary_means_stds_and_the_paired_test_over_seed_averaged_users():
 
 
 def test_summary_refuses_seeds_that_evaluated_other_users():
-    q = _module()
+    q = load_benchmark("quality")
     params = {"mufasa": 1, "sasrec": 1}
     a = _result({"mufasa": [1, 0, 0, 0], "sasrec": [0, 0, 0, 0]}, params)
     b = {**a, "users": [0, 1, 2, 5]}
@@ -137,7 +130,7 @@ def test_quality_benchmark_needs_a_source_for_real_data(tmp_path):
 
 
 def test_one_seed_prints_means_without_a_spread():
-    q = _module()
+    q = load_benchmark("quality")
     params = {"mufasa": 300_000, "sasrec": 1_300_000}
     s = q.summarize({0: _result({"mufasa": [1, 0, 0.5, 0], "sasrec": [0, 0, 0.5, 0]}, params)}, "ttest")
     text = q.markdown(s, "toy")
