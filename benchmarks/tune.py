@@ -232,7 +232,7 @@ class Search:
         if epochs is not None:
             _set(section, f"{_schedule(self.model, config, {})}.epochs", epochs)
         stage = folder / ("align" if self.model == "mufasa" else f"baselines/{self.model}")
-        path = folder / "recipe.yaml"
+        path = folder / "trial.yaml"  # not recipe.yaml: that name is the run's own record (align-train writes it)
         text = yaml.safe_dump(recipe, sort_keys=False)
         if (stage / "manifest.json").is_file() and path.is_file() and path.read_text() == text:
             return json.loads((stage / "manifest.json").read_text())  # finished by an earlier call

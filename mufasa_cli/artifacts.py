@@ -84,6 +84,53 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+# ---------------------------------------------------------------- one writer per run folder
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, command: str, *, create: bool = False) -> Iterator[None]:
+    """Hold an exclusive OS lock on RUN/.lock for the whole of a command that writes into the
+    run folder; a second writer fails at once with a message naming the holder's pid and
+    command. The lock is released by the OS when the process ends, however it ends (kill -9
+    included), so it never goes stale. `create` makes the folder (prepare); otherwise a
+    missing folder is not locked (the stage reports what is missing); a folder made here is
+    removed again if the command left nothing else in it. Under torchrun only
+    rank 0 locks; the other ranks write nothing. Where the OS has no flock (Windows), no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    if os.environ.get("RANK", "0") != "0" or (not run_dir.is_dir() and not create):
+        yield
+        return
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            raise ArtifactError(
+                f"{run_dir}: in use by {holder}; wait for it to finish (one command writes a run folder at a time)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} (mufasa {command})".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        if made and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:  # a failed first command
+            (run_dir / LOCK_FILE).unlink()
+            run_dir.rmdir()
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 # ---------------------------------------------------------------- folder-level atomic stage writes
 
 
@@ -95,12 +142,34 @@ def check_writable(stage_dir: Path, force: bool) -> None:
         raise ArtifactError(f"{stage_dir} exists and is not a folder")
 
 
+def clean_leftovers(stage_dir: Path) -> list[Path]:
+    """Remove the hidden .NAME.tmp-* / .NAME.old-* folders a killed stage_writer left beside
+    `stage_dir` (called by the next writer of that stage, which holds the run lock, so no
+    other process is filling them). A kill between the two final renames leaves no stage_dir
+    and the previous version under .old-*: that version is put back first. Returns what was
+    removed."""
+    parent, name = stage_dir.parent, stage_dir.name
+    if not parent.is_dir():
+        return []
+    olds = sorted(parent.glob(f".{name}.old-*"))
+    if not stage_dir.exists() and len(olds) == 1 and (olds[0] / MANIFEST).is_file():
+        os.rename(olds[0], stage_dir)
+        olds = []
+    removed = [p for p in [*parent.glob(f".{name}.tmp-*"), *olds] if p.is_dir()]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return removed
+
+
 @contextlib.contextmanager
 def stage_writer(stage_dir: Path, *, force: bool) -> Iterator[Path]:
     """Yield a temp folder to fill; on success it replaces `stage_dir` in one rename.
 
     On any exception the temp folder is removed and an existing `stage_dir` is untouched.
+    Leftovers of a stage killed before it could clean up are dealt with first (see
+    clean_leftovers).
     """
+    clean_leftovers(stage_dir)
     check_writable(stage_dir, force)
     stage_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{stage_dir.name}.tmp-", dir=stage_dir.parent))
@@ -207,11 +276,28 @@ def read_manifest(stage_dir: Path) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path}: not a manifest (a JSON object expected, got {type(manifest).__name__})")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(
             f"{path}: format_version {manifest.get('format_version')!r}, this mufasa reads {FORMAT_VERSION}"
         )
+    _check_manifest_shape(path, manifest)
     return manifest
+
+
+def _check_manifest_shape(path: Path, manifest: dict) -> None:
+    """The parts of a manifest that later stages read: a valid-JSON file of another shape is
+    an error naming the file and the key, not a crash."""
+    for key in ("outputs", "inputs", "config", "counts"):
+        if not isinstance(manifest.get(key, {}), dict):
+            raise ArtifactError(f"{path}: {key!r} must be a JSON object")
+    for rel, entry in manifest.get("outputs", {}).items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+            raise ArtifactError(f"{path}: output {rel!r} has no sha256")
+    for name, rec in manifest.get("inputs", {}).items():
+        if isinstance(rec, dict) and "manifest_sha256" in rec and not isinstance(rec.get("path"), str):
+            raise ArtifactError(f"{path}: input {name!r} has no path")
 
 
 def verify_stage(stage_dir: Path, *, check_sha: bool = True) -> dict:

@@ -38,6 +38,9 @@ class PrepareConfig:
     split_at: tuple[float, float] = (0.8, 0.9)  # global-time: valid and test cutoffs as time quantiles
 
     def __post_init__(self) -> None:
+        _finite(self)
+        if self.seed < 0:
+            raise RecipeError(f"--seed {self.seed}: must be >= 0")
         if self.min_seq_len < 3:
             raise RecipeError(
                 f"--min-seq-len {self.min_seq_len}: must be at least 3 (train, valid and test need one item each)"
@@ -69,7 +72,21 @@ class PrepareConfig:
 # ---------------------------------------------------------------- training stages
 
 
+def _finite(obj: object) -> None:
+    """Every float setting of a config (and of its float tuples) a finite number: NaN and inf
+    pass comparisons like `> 0` and would only fail deep inside training."""
+    import dataclasses
+    import math
+
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):
+                raise RecipeError(f"{f.name} must be a finite number, got {v}")
+
+
 def _positive(obj: object, *names: str) -> None:
+    _finite(obj)
     for n in names:
         if getattr(obj, n) <= 0:
             raise RecipeError(f"{n} must be > 0, got {getattr(obj, n)}")
@@ -385,6 +402,11 @@ def _coerce(hint, value, where: str):
         return tuple(_coerce(inner, v, where) for v in value)
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint in (str, bool) and isinstance(value, hint):
@@ -400,14 +422,88 @@ def load_recipe(path: str | list[str] | None) -> Recipe:
 
     import yaml
 
+    from mufasa_cli import yaml_strict
+
     recipe = Recipe()
     for one in [path] if isinstance(path, str) else path or []:
         p = Path(one)
         if not p.is_file():
             raise RecipeError(f"{p}: recipe not found")
         try:
-            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            values = yaml_strict.load(p.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise RecipeError(f"{p}: not valid YAML ({e})") from None
+            detail = yaml_strict.describe(e) if isinstance(e, yaml.YAMLError) else str(e)
+            raise RecipeError(f"{p}: not valid YAML ({detail})") from None
         recipe = _merge(recipe, values, str(p))
     return recipe
+
+
+# ---------------------------------------------------------------- the recipe a run was trained with
+
+RUN_RECIPE = "recipe.yaml"
+RECIPE_SECTIONS = ("fuse", "align", "baselines")
+
+
+def recipe_yaml(recipe: Recipe, header: str = "") -> str:
+    """A resolved recipe as YAML that load_recipe reads back to the same Recipe."""
+    from dataclasses import asdict
+
+    import yaml
+
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    return comment + yaml.safe_dump(_plain(asdict(recipe)), sort_keys=False)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def recorded_recipe(run_dir) -> Recipe | None:
+    """RUN/recipe.yaml (the settings the run's stages trained with), or None if it has none."""
+    from pathlib import Path
+
+    path = Path(run_dir) / RUN_RECIPE
+    return load_recipe(str(path)) if path.is_file() else None
+
+
+def recipe_for_run(run_dir, given: list[str] | None, sections: tuple[str, ...]) -> tuple[Recipe, str | None]:
+    """The recipe eval and ablate use on `run_dir`, and a notice to print (or None).
+
+    --recipe files (`given`) win; without them the run's recorded recipe is used, so that
+    the baselines and ablation variants train the way the run's own stages were trained;
+    without either, the built-in defaults. The notice says when given files change
+    `sections` of what the run recorded. (fuse-train and align-train read only --recipe:
+    re-running a stage does not inherit the flags of its last run.)"""
+    recorded = recorded_recipe(run_dir)
+    if not given:
+        return (recorded if recorded is not None else Recipe()), None
+    recipe = load_recipe(given)
+    if recorded is None:
+        return recipe, None
+    changed = [s for s in sections if getattr(recipe, s) != getattr(recorded, s)]
+    if not changed:
+        return recipe, None
+    return recipe, (
+        f"--recipe {', '.join(given)} replaces the {' and '.join(changed)} settings that "
+        f"{run_dir}/{RUN_RECIPE} records for this run"
+    )
+
+
+def merged_for_record(run_dir, used: Recipe, section: str, given: bool) -> Recipe:
+    """What RUN/recipe.yaml becomes after a stage trained `section` with `used` (its recipe
+    files, or the defaults when `given` is False, with its flags applied): `section` is what
+    the stage used; the sections upstream of it keep what the run recorded (their stages
+    trained with that); the ones downstream take the stage's recipe files when given, else
+    keep what was recorded."""
+    import dataclasses
+
+    recorded = recorded_recipe(run_dir)
+    if recorded is None:
+        return used
+    at = RECIPE_SECTIONS.index(section)
+    keep = RECIPE_SECTIONS[:at] + (() if given else RECIPE_SECTIONS[at + 1 :])
+    return dataclasses.replace(used, **{s: getattr(recorded, s) for s in keep})

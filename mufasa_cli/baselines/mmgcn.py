@@ -115,6 +115,7 @@ def train(
 ) -> dict:
     started = time.perf_counter()
     data_dir = run_dir / "data"
+    data_record = artifacts.input_record(data_dir)  # the data/ the caller read, recorded now
     features = modality_features(data_dir)
     if not features:
         raise DataSchemaError(f"{data_dir}: MMGCN needs item features; this run has none")
@@ -161,7 +162,7 @@ def train(
         step_loss=lambda b: model.bpr_loss(*b),
         validate=lambda: valid_metrics()["NDCG@10"],
         checkpoint=ckpt / "model.pt",
-        fingerprint={"config": asdict(cfg), "data": artifacts.input_record(data_dir)},
+        fingerprint={"config": asdict(cfg), "data": data_record},
         resume=resume,
         on_step=on_step,
     )
@@ -180,7 +181,7 @@ def train(
             stage=f"baselines/{NAME}",
             config=asdict(cfg),
             seed=seed,
-            inputs={"data": artifacts.input_record(data_dir)},
+            inputs={"data": data_record},
             counts={"train_interactions": T, "valid_users": len(valid_users), "items": num_items},
             wall_time_s=time.perf_counter() - started,
             extra={

@@ -132,6 +132,7 @@ def train(
 ) -> dict:
     """Train and write RUN/baselines/sasrec/ (weights + manifest); returns the manifest."""
     started = time.perf_counter()
+    data_record = artifacts.input_record(run_dir / "data")  # the data/ the caller read, recorded now
     from mufasa_cli.sal.train import split_for_training
 
     split = split_for_training(seqs, num_items, run_dir / "data")  # the same users and targets as align-train
@@ -190,7 +191,7 @@ def train(
         step_loss=step,
         validate=lambda: valid_metrics()["NDCG@10"],
         checkpoint=run_dir / "baselines" / f".{NAME}.ckpt" / "model.pt",
-        fingerprint={"config": asdict(cfg), "data": artifacts.input_record(run_dir / "data")},
+        fingerprint={"config": asdict(cfg), "data": data_record},
         resume=resume,
         on_step=on_step,
     )
@@ -203,7 +204,7 @@ def train(
             stage=f"baselines/{NAME}",
             config=asdict(cfg),
             seed=seed,
-            inputs={"data": artifacts.input_record(run_dir / "data")},
+            inputs={"data": data_record},
             counts={"train_users": len(train_seqs), "valid_users": len(valid_hist), "items": num_items},
             wall_time_s=time.perf_counter() - started,
             extra={

@@ -135,6 +135,7 @@ def train(
     """Train `dssm` or `youtube` and write RUN/baselines/NAME/."""
     started = time.perf_counter()
     data_dir = run_dir / "data"
+    data_record = artifacts.input_record(data_dir)  # the data/ the caller read, recorded now
     train_users, train_seqs, valid_users, valid_hist, valid_target = [], [], [], [], []
     for u in np.flatnonzero(seqs.roles == "train"):
         items, splits = seqs.of(int(u))
@@ -227,7 +228,7 @@ def train(
         step_loss=step,
         validate=lambda: valid_metrics()["NDCG@10"],
         checkpoint=ckpt / "model.pt",
-        fingerprint={"config": asdict(cfg), "data": artifacts.input_record(data_dir)},
+        fingerprint={"config": asdict(cfg), "data": data_record},
         resume=resume,
         on_step=on_step,
     )
@@ -241,7 +242,7 @@ def train(
             stage=f"baselines/{name}",
             config=asdict(cfg),
             seed=seed,
-            inputs={"data": artifacts.input_record(data_dir)},
+            inputs={"data": data_record},
             counts={"train_users": len(train_seqs), "valid_users": len(valid_hist), "items": num_items},
             wall_time_s=time.perf_counter() - started,
             extra={

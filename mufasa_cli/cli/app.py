@@ -30,6 +30,16 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is: the stage's temp folder is removed, the message printed."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 F = TypeVar("F", bound=Callable)
 
 
@@ -45,9 +55,12 @@ def _guarded(fn: F) -> F:
                 traceback.print_exc()
             render.error_line(str(e))
             raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            render.error_line("interrupted; artifacts written before this stage are untouched")
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as e:
+            what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+            render.error_line(
+                f"{what}; artifacts written before this stage are untouched (--resume continues a training)"
+            )
+            raise typer.Exit(code) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as e:  # noqa: BLE001 - the last resort: a bug, reported in one line
@@ -57,6 +70,43 @@ def _guarded(fn: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _recipe(run: Path, recipe: list[Path] | None, sections: tuple[str, ...]):
+    """The recipe eval or ablate uses on RUN (config.recipe_for_run), its notice printed."""
+    from mufasa_cli.config import RUN_RECIPE, recipe_for_run
+
+    chosen, notice = recipe_for_run(run, [str(r) for r in recipe] if recipe else None, sections)
+    if notice:
+        render.notice_line(notice)
+    elif not recipe and (run / RUN_RECIPE).is_file():
+        render.notice_line(f"using the recipe {run / RUN_RECIPE} records (pass --recipe to train otherwise)")
+    return chosen
+
+
+def _record_recipe(run: Path, used, section: str, command: str, given: bool) -> None:
+    """RUN/recipe.yaml after `command` trained `section` with `used` (config.merged_for_record)."""
+    from mufasa_cli import artifacts
+    from mufasa_cli.config import RUN_RECIPE, merged_for_record, recipe_yaml
+
+    header = (
+        f"The settings this run's stages trained with (last written by mufasa {command}).\n"
+        "eval, ablate and re-runs of a stage use them unless given --recipe."
+    )
+    artifacts.atomic_write_bytes(
+        run / RUN_RECIPE, recipe_yaml(merged_for_record(run, used, section, given), header).encode()
+    )
+
+
+def _discard_notice(checkpoints: list[Path], resume: bool) -> None:
+    """Without --resume a stage starts over and drops an interrupted run's checkpoint: say so."""
+    if resume:
+        return
+    for ckpt in checkpoints:
+        if ckpt.is_dir() and any(ckpt.iterdir()):
+            render.warning_line(
+                f"starting over: the checkpoint of an interrupted run in {ckpt} is discarded (--resume continues it)"
+            )
 
 
 def _version(value: bool) -> None:
@@ -189,8 +239,10 @@ def prepare(
         split=split.value,
         split_at=_parse_floats(split_at, "--split-at", "0.8,0.9", n=2),
     )
+    from mufasa_cli.artifacts import run_lock
+
     run_dir = out if out is not None else Path("runs") / name
-    with render.progress() as on_progress:
+    with run_lock(run_dir, "prepare", create=True), render.progress() as on_progress:
         manifest, prepared = run(cfg, run_dir, force=force, on_progress=on_progress)
     label = dataset if name != "synthetic" else f"synthetic ({cfg.preset or 'default'})"
     render.prepare_summary(label, prepared.counts, manifest)
@@ -204,7 +256,8 @@ def fuse_train(
     recipe: Annotated[
         list[Path] | None,
         typer.Option(
-            help="Recipe YAML (section fuse: cf, mfl); flags below override it. Repeat to layer recipes: later files override earlier ones."
+            help="Recipe YAML (section fuse: cf, mfl); flags below override it. Repeat to layer recipes: later files override earlier ones. "
+            "What the stage used (flags included) is recorded in RUN/recipe.yaml for eval and ablate."
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="MFL epochs (upper bound; early stopping may end sooner).")] = None,
@@ -238,11 +291,13 @@ def fuse_train(
     """Train LightGCN CF embeddings and the Multimodal Fusion Layer; write RUN/fuse/ (z for every item)."""
     import dataclasses
 
+    from mufasa_cli.artifacts import run_lock
     from mufasa_cli.config import load_recipe
     from mufasa_cli.mfl.train import run as fuse_run
     from mufasa_cli.runtime.device import resolve_device
 
-    cfg = load_recipe([str(r) for r in recipe] if recipe else None).fuse
+    full = load_recipe([str(r) for r in recipe] if recipe else None)
+    cfg = full.fuse
     mfl, cf = cfg.mfl, cfg.cf
     train_changes = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
     changes: dict = {"train": dataclasses.replace(mfl.train, **train_changes)}
@@ -262,19 +317,22 @@ def fuse_train(
         cf = dataclasses.replace(cf, train=dataclasses.replace(cf.train, epochs=cf_epochs))
     cfg = dataclasses.replace(cfg, mfl=mfl, cf=cf)
     dev = resolve_device(device)
-    with render.progress() as on_progress:
-        manifest = fuse_run(
-            run,
-            cfg,
-            seed=seed,
-            device=dev,
-            retrain_cf=retrain_cf,
-            resume=resume,
-            force=force,
-            on_step=render.training_progress(on_progress),
-        )
-    if not manifest:  # a rank other than 0 under torchrun: rank 0 wrote and reports
-        return
+    with run_lock(run, "fuse-train"):
+        _discard_notice([run / ".fuse.ckpt"], resume)
+        with render.progress() as on_progress:
+            manifest = fuse_run(
+                run,
+                cfg,
+                seed=seed,
+                device=dev,
+                retrain_cf=retrain_cf,
+                resume=resume,
+                force=force,
+                on_step=render.training_progress(on_progress),
+            )
+        if not manifest:  # a rank other than 0 under torchrun: rank 0 wrote and reports
+            return
+        _record_recipe(run, dataclasses.replace(full, fuse=cfg), "fuse", "fuse-train", bool(recipe))
     render.fuse_summary(manifest)
     render.out.print(f"wrote {run / 'fuse'}")
 
@@ -312,7 +370,8 @@ def align_train(
     recipe: Annotated[
         list[Path] | None,
         typer.Option(
-            help="Recipe YAML (section align: sal, tau, train, train_all, ...); flags override it. Repeat to layer recipes: later files override earlier ones."
+            help="Recipe YAML (section align: sal, tau, train, train_all, ...); flags override it. Repeat to layer recipes: later files override earlier ones. "
+            "What the stage used (flags included) is recorded in RUN/recipe.yaml for eval and ablate."
         ),
     ] = None,
     objective: Annotated[
@@ -401,11 +460,13 @@ def align_train(
     """Train the Sparse Attention-based Alignment Layer on the MFL vectors; write RUN/align/."""
     import dataclasses
 
+    from mufasa_cli.artifacts import run_lock
     from mufasa_cli.config import load_recipe
     from mufasa_cli.runtime.device import resolve_device
     from mufasa_cli.sal.train import run_align, train_config
 
-    cfg = load_recipe([str(r) for r in recipe] if recipe else None).align
+    full = load_recipe([str(r) for r in recipe] if recipe else None)
+    cfg = full.align
     sal = _replace_given(
         cfg.sal,
         objective=objective,
@@ -434,19 +495,23 @@ def align_train(
     cfg = dataclasses.replace(
         cfg, **{schedule: _replace_given(train_config(cfg), epochs=epochs, lr=lr, batch_size=batch_size)}
     )
-    with render.progress() as on_progress:
-        manifest = run_align(
-            run,
-            cfg,
-            seed=seed,
-            device=resolve_device(device),
-            resume=resume,
-            force=force,
-            on_step=render.training_progress(on_progress),
-            kernel=kernel,
-        )
-    if not manifest:  # a rank other than 0 under torchrun: rank 0 wrote and reports
-        return
+    with run_lock(run, "align-train"):
+        _discard_notice([run / ".align.ckpt"], resume)
+        with render.progress() as on_progress:
+            manifest = run_align(
+                run,
+                cfg,
+                seed=seed,
+                device=resolve_device(device),
+                resume=resume,
+                force=force,
+                on_step=render.training_progress(on_progress),
+                kernel=kernel,
+            )
+        if not manifest:  # a rank other than 0 under torchrun: rank 0 wrote and reports
+            return
+        _record_recipe(run, dataclasses.replace(full, align=cfg), "align", "align-train", bool(recipe))
+    render.resume_notices("SAL", manifest)
     v = manifest["valid"]
     render.out.print(
         f"SAL ({sal.attention}{', without ' + ', '.join(sal.without) if sal.without else ''}, objective "
@@ -505,7 +570,10 @@ def embed(
             raise MufasaError("--explain and --users: choose one")
         render.explanation(sal_train.explain(run, explain, device=resolve_device(device), top=top, kernel=kernel))
         return
-    manifest = sal_train.run_embed(run, device=resolve_device(device), force=force, users_file=users, kernel=kernel)
+    from mufasa_cli.artifacts import run_lock
+
+    with run_lock(run, "embed"):
+        manifest = sal_train.run_embed(run, device=resolve_device(device), force=force, users_file=users, kernel=kernel)
     c = manifest["counts"]
     render.out.print(
         f"embedded {c['train_users']:,} train users, {c['zero_shot_users']:,} zero-shot users and {c['items']:,} items "
@@ -544,7 +612,8 @@ def eval_(
     recipe: Annotated[
         list[Path] | None,
         typer.Option(
-            help="Recipe YAML (section baselines) for the baselines. Repeat to layer recipes: later files override earlier ones."
+            help="Recipe YAML (section baselines) for the baselines. Repeat to layer recipes: later files override earlier ones. "
+            "(default: the recipe RUN/recipe.yaml records, which fuse-train and align-train write)"
         ),
     ] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train the baselines again even when cached.")] = False,
@@ -578,10 +647,8 @@ def eval_(
 ) -> None:
     """Evaluate MUFASA (RUN/embed) and baselines on one protocol; print the paper's table and
     write RUN/eval/PROTOCOL/metrics.json with per-user metrics and p-values."""
-    from mufasa_cli.config import load_recipe
     from mufasa_cli.eval.protocols import PROTOCOLS
-    from mufasa_cli.eval.run import BASELINES, TESTS, ensure_baselines, run_eval, write_eval
-    from mufasa_cli.runtime.device import resolve_device
+    from mufasa_cli.eval.run import BASELINES, TESTS, run_eval, write_eval
 
     if protocol not in PROTOCOLS:
         raise MufasaError(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
@@ -602,7 +669,30 @@ def eval_(
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise MufasaError(f"--compare {unknown[0]!r}: choose from {', '.join(BASELINES)}")
-    cfg = load_recipe([str(r) for r in recipe] if recipe else None)
+    with artifacts.run_lock(run, "eval"):
+        cfg = _recipe(run, recipe, ("baselines",)) if names else None
+        _discard_notice([run / "baselines" / f".{n}.ckpt" for n in names], resume)
+        _eval_locked(run, names, cfg, recipe, seed, device, retrain, resume, jobs, fmt)
+        result = run_eval(
+            run, protocol=protocol, compare=names, ks=ks, keep_seen=keep_seen, test=test, chunk=chunk, slices=slices
+        )
+        out_dir = write_eval(run, result, force)
+    render.eval_table(result, fmt.value)
+    if slices and fmt is not TableFormat.json:  # json: the slices are in the printed result
+        render.slice_table(result, fmt.value)
+    if plot is not None:
+        from mufasa_cli.eval.plot import plot_curves
+
+        render.out.print(f"wrote {plot_curves(result, plot)}", highlight=False)
+    if fmt is not TableFormat.json:
+        render.out.print(f"wrote {out_dir}", highlight=False)
+
+
+def _eval_locked(run, names, cfg, recipe, seed, device, retrain, resume, jobs, fmt) -> dict[str, dict]:
+    """eval's baseline step (under the run lock): train what is missing, report it, record the recipe."""
+    from mufasa_cli.eval.run import ensure_baselines
+    from mufasa_cli.runtime.device import resolve_device
+
     with render.progress() as on_progress:
         trained = ensure_baselines(
             run,
@@ -616,8 +706,11 @@ def eval_(
             jobs=jobs,
             on_done=_jobs_progress(on_progress, "baselines", jobs),
         )
+    if recipe and names:
+        _record_recipe(run, cfg, "baselines", "eval", True)
     status = render.err if fmt is TableFormat.json else render.out  # json on stdout stays parseable
     for name, manifest in trained.items():
+        render.resume_notices(name, manifest)
         v = manifest["valid"]
         status.print(
             f"trained {name}: valid HR@10 {v['HR@10']:.4f}  NDCG@10 {v['NDCG@10']:.4f}  best epoch "
@@ -629,19 +722,7 @@ def eval_(
                 f"{name} reached its epoch cap ({manifest['epochs_run']}) before early stopping: it may be "
                 f"under-trained; raise baselines.{name}.train.epochs in the recipe"
             )
-    result = run_eval(
-        run, protocol=protocol, compare=names, ks=ks, keep_seen=keep_seen, test=test, chunk=chunk, slices=slices
-    )
-    out_dir = write_eval(run, result, force)
-    render.eval_table(result, fmt.value)
-    if slices and fmt is not TableFormat.json:  # json: the slices are in the printed result
-        render.slice_table(result, fmt.value)
-    if plot is not None:
-        from mufasa_cli.eval.plot import plot_curves
-
-        render.out.print(f"wrote {plot_curves(result, plot)}", highlight=False)
-    if fmt is not TableFormat.json:
-        render.out.print(f"wrote {out_dir}", highlight=False)
+    return trained
 
 
 @app.command()
@@ -667,23 +748,26 @@ def ablate(
     recipe: Annotated[
         list[Path] | None,
         typer.Option(
-            help="Recipe YAML the variants train with (as the full model). Repeat to layer recipes: later files override earlier ones."
+            help="Recipe YAML the variants train with. Repeat to layer recipes: later files override earlier ones. "
+            "(default: the recipe RUN/recipe.yaml records: the full model's own settings)"
         ),
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the variants' training.")] = 0,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the variants' training. (default: the full model's, from RUN/align)")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     jobs: Annotated[int, JOBS_OPTION] = 1,
     fmt: Annotated[TableFormat, typer.Option("--format", help="table, md, csv or json.")] = TableFormat.table,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace existing RUN/ablate variants and RUN/ablate/tables-PROTOCOL.json.")
+    ] = False,
 ) -> None:
     """Re-run only the stages each removed part touches (RUN/ablate/VARIANT/), evaluate every
     variant with the same protocol as the full model, and print Table 5 (--without) and/or
     Table 6 (--history-len with --attention)."""
-    from mufasa_cli.config import load_recipe
     from mufasa_cli.eval import ablate as ab
     from mufasa_cli.eval.protocols import PROTOCOLS
-    from mufasa_cli.eval.run import run_eval
     from mufasa_cli.runtime.device import resolve_device
-    from mufasa_cli.runtime.pool import run_calls
 
     if protocol not in PROTOCOLS:
         raise MufasaError(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
@@ -706,15 +790,44 @@ def ablate(
     for flag, values in (("--history-len", lengths), ("--attention", kinds)):
         if len(set(values)) < len(values):
             raise MufasaError(f"{flag}: a value is named more than once")
-    cfg = load_recipe([str(r) for r in recipe] if recipe else None)
-    dev = resolve_device(device)
+    _check_jobs(jobs)
+    parts = without or []
+    cells = [(length, kind) for length in lengths for kind in kinds]
+    tables_file = run / "ablate" / f"tables-{protocol}.json"
+    targets = [run / "ablate" / ab.variant_name(x) for x in parts]
+    targets += [run / "ablate" / ab.history_variant_name(n, a) for n, a in cells]
+    existing = [t for t in [*targets, tables_file] if t.exists()]
+    if existing and not force:
+        raise MufasaError(f"{existing[0]} already exists; pass --force to replace it")
+    from mufasa_cli import artifacts
+
+    with artifacts.run_lock(run, "ablate"):
+        cfg = _recipe(run, recipe, ("fuse", "align"))
+        if seed is None:
+            seed = ab.full_model_seed(run)
+        table5, table6 = _ablate_locked(run, parts, cells, cfg, protocol, ks, seed, resolve_device(device), jobs)
+        tables = {
+            name: {label: r["models"]["mufasa"]["mean"] for label, r in rows}
+            for name, rows in (("table5", table5 if without else []), ("table6", table6))
+            if rows
+        }
+        artifacts.atomic_write_json(tables_file, {"protocol": protocol, **tables})
+    if without:
+        render.ablation_table("Table 5: ablations", table5, fmt.value)
+    if table6:
+        render.ablation_table("Table 6: history length x attention", table6, fmt.value)
+
+
+def _ablate_locked(run, parts, cells, cfg, protocol, ks, seed, dev, jobs):
+    """ablate's work under the run lock: build and evaluate every variant; (Table 5 rows, Table 6 rows)."""
+    from mufasa_cli.eval import ablate as ab
+    from mufasa_cli.eval.run import run_eval
+    from mufasa_cli.runtime.pool import run_calls
+
     evaluate = lambda folder: run_eval(  # noqa: E731
         folder, protocol=protocol, compare=[], ks=ks, keep_seen=False, test="ttest"
     )
-    _check_jobs(jobs)
     full = evaluate(run)
-    parts = without or []
-    cells = [(length, kind) for length in lengths for kind in kinds]
     with render.progress() as on_progress:
         common = {"seed": seed, "device": dev, "on_step": render.training_progress(on_progress)}
         calls = [(ab.build_variant, (run, x, cfg), common) for x in parts]
@@ -724,18 +837,7 @@ def ablate(
         (ab.LABELS[x], evaluate(f)) for x, f in zip(parts, folders[: len(parts)], strict=True)
     ]
     table6 = [(f"{n or 'full'} / {a}", evaluate(f)) for (n, a), f in zip(cells, folders[len(parts) :], strict=True)]
-    from mufasa_cli import artifacts
-
-    tables = {
-        name: {label: r["models"]["mufasa"]["mean"] for label, r in rows}
-        for name, rows in (("table5", table5 if without else []), ("table6", table6))
-        if rows
-    }
-    artifacts.atomic_write_json(run / "ablate" / f"tables-{protocol}.json", {"protocol": protocol, **tables})
-    if without:
-        render.ablation_table("Table 5: ablations", table5, fmt.value)
-    if table6:
-        render.ablation_table("Table 6: history length x attention", table6, fmt.value)
+    return table5, table6
 
 
 def _parse_ks(k: str) -> list[int]:
@@ -760,6 +862,9 @@ def _parse_floats(text: str, flag: str, example: str, n: int | None = None) -> t
 
 
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     app()
 
 

@@ -32,6 +32,20 @@ def warning_line(message: str) -> None:
     err.print(f"[yellow]warning:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
 
 
+def notice_line(message: str) -> None:
+    err.print(f"[cyan]note:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
+
+
+def resume_notices(label: str, summary: Mapping) -> None:
+    """Say that a training continued an interrupted run (and at which learning rate)."""
+    after = summary.get("resumed_after_epoch")
+    if after is None:
+        return
+    lr = summary.get("lr_override")
+    with_lr = f", learning rate {lr['from']:g} -> {lr['to']:g}" if lr else ""
+    notice_line(f"{label} resumed from its checkpoint after epoch {after}{with_lr}")
+
+
 @contextlib.contextmanager
 def progress() -> Iterator[Callable[..., None]]:
     """Yield on_progress(task, done, total, text=None): one bar per task, on stderr, started on
@@ -167,6 +181,8 @@ def _f(x: object, digits: int = 3) -> str:
 
 def fuse_summary(manifest: Mapping) -> None:
     cf, mfl, diag = manifest["cf"], manifest["mfl"], manifest["diagnostics"]
+    resume_notices("LightGCN", cf)
+    resume_notices("MFL", mfl)
     src = f" (reused {cf['reused_from']})" if "reused_from" in cf else ""
     out.print(
         f"LightGCN{src}: valid HR@10 {cf['valid_hr@10']:.4f}  NDCG@10 {cf['valid_ndcg@10']:.4f}  "

@@ -182,8 +182,14 @@ def build(
     short = lengths.filter(pl.col("len") < cfg.min_seq_len)["raw_user"]
     counts["short_users_dropped"] = len(short)
     inter = inter.filter(~pl.col("raw_user").is_in(short.implode()))
+    where = f"{raw.interactions_file}: " if raw.interactions_file else ""
     if inter.height == 0:
-        raise DataSchemaError(f"no user has at least --min-seq-len {cfg.min_seq_len} interactions")
+        raise DataSchemaError(f"{where}no user has at least --min-seq-len {cfg.min_seq_len} interactions")
+    if inter["raw_item"].n_unique() < 2:
+        raise DataSchemaError(
+            f"{where}the users kept interact with {inter['raw_item'].n_unique()} item only; "
+            "ranking needs a catalogue of at least 2 items"
+        )
 
     # zero-shot users: the source's own, or a seeded sample of users long enough for 3 targets
     lengths = inter.group_by("raw_user").len()

@@ -43,6 +43,19 @@ def variant_name(x: str) -> str:
     return f"w-o-{x}"
 
 
+def history_variant_name(history_len: int | None, attention: str) -> str:
+    return f"len-{history_len or 'full'}-{attention}"
+
+
+def full_model_seed(run_dir: Path) -> int:
+    """The seed RUN/align was trained with (the variants train with it too), else 0."""
+    try:
+        seed = artifacts.read_manifest(run_dir / "align").get("seed")
+    except MufasaError:
+        return 0
+    return seed if isinstance(seed, int) else 0
+
+
 def _link(target: Path, link: Path) -> None:
     link.symlink_to(Path("..") / ".." / target.name, target_is_directory=True)
 
@@ -125,8 +138,7 @@ def build_history_variant(
     align = dataclasses.replace(recipe.align, sal=sal)
     if trained_as(run_dir, align, seed):
         return run_dir
-    name = f"len-{history_len or 'full'}-{attention}"
-    variant = run_dir / "ablate" / name
+    variant = run_dir / "ablate" / history_variant_name(history_len, attention)
     shutil.rmtree(variant, ignore_errors=True)
     variant.mkdir(parents=True)
     _link(run_dir / "data", variant / "data")

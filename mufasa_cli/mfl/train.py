@@ -175,12 +175,9 @@ def train_cf(
     report = {
         "valid_hr@10": hr,
         "valid_ndcg@10": nd,
-        "best_epoch": result.best_epoch + 1,
-        "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early,
+        **result.summary(),
         "wall_time_s": round(result.wall_time_s, 2),
         "items_with_cf": int(has_cf.sum()),
-        "history": result.history,
     }
     return CFResult(item_cf.astype(np.float32), has_cf, user_emb.cpu().numpy().astype(np.float32), report)
 
@@ -321,12 +318,9 @@ def train_mfl(
         "losses_end": end,
         "weights": mb.weights,
         "cf_scale": mb.cf_scale,
-        "best_epoch": result.best_epoch + 1,
-        "epochs_run": result.epochs_run,
-        "stopped_early": result.stopped_early,
+        **result.summary(),
         "valid_items": int(n_val),
         "wall_time_s": round(result.wall_time_s, 2),
-        "history": result.history,
     }
     return model, mb, report
 

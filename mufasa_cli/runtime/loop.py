@@ -8,8 +8,13 @@ seeds derived from (seed, e), never from state carried over from earlier epochs,
 resumed from the checkpoint of epoch e-1 replays epoch e exactly as an uninterrupted run.
 AdamW, linear warmup then cosine decay, gradient clipping, early stopping on a validation
 metric (higher is better, best weights restored at the end), one checkpoint per epoch
-(written atomically), and a guard that stops on a non-finite loss or gradient, keeping the
-last good checkpoint.
+(written atomically), and a guard that stops on a non-finite loss, gradient or weight,
+keeping the last good checkpoint (one is never written with non-finite weights).
+
+Checkpoints hold only tensors and plain Python values and are read with
+torch.load(weights_only=True): a checkpoint file from elsewhere cannot run code. --resume
+may change the learning rate (the way out of a divergence); any other change of the
+configuration is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import io
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,7 +45,21 @@ class TrainingDiverged(MufasaError):
 
 
 class CheckpointMismatch(MufasaError):
-    """--resume found a checkpoint written under another configuration."""
+    """--resume found a checkpoint written under another configuration, or one it cannot read."""
+
+
+CHECKPOINT_KEYS = (
+    "fingerprint",
+    "epoch",
+    "model",
+    "optimizer",
+    "scheduler",
+    "best_metric",
+    "best_epoch",
+    "bad_evals",
+    "best_state",
+    "history",
+)
 
 
 def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
@@ -60,6 +80,7 @@ class FitResult:
     resumed_from: int | None
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     wall_time_s: float = 0.0
+    lr_override: dict | None = None  # {"from", "to"}: --resume continued with another learning rate
 
     @property
     def improving_at_cap(self) -> bool:
@@ -76,6 +97,7 @@ class FitResult:
             "stopped_early": self.stopped_early,
             "improving_at_cap": self.improving_at_cap,
             "resumed_after_epoch": None if self.resumed_from is None else self.resumed_from + 1,
+            **({"lr_override": self.lr_override} if self.lr_override else {}),
             "history": self.history,
         }
 
@@ -96,6 +118,42 @@ def _save(path: Path, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint written by fit(), read without unpickling anything but tensors and plain
+    values; a file that is not one (corrupt, truncated, or carrying objects) is refused by name."""
+    try:
+        with warnings.catch_warnings():  # torch warns about a garbage file's pickle protocol
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several types for a bad file
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointMismatch(
+            f"{path}: not a readable mufasa checkpoint ({type(e).__name__}: {reason[:160]}); "
+            "nothing in it was run; drop --resume to start over"
+        ) from None
+    if not isinstance(state, dict) or any(k not in state for k in CHECKPOINT_KEYS):
+        raise CheckpointMismatch(f"{path}: not a mufasa checkpoint (keys missing); drop --resume to start over")
+    return state
+
+
+def _is_train_config(d: dict) -> bool:
+    return {"lr", "epochs", "batch_size", "weight_decay"} <= d.keys()
+
+
+def _without_lr(obj):
+    """A fingerprint with the learning rate of every training schedule in it left out."""
+    if isinstance(obj, dict):
+        return {k: _without_lr(v) for k, v in obj.items() if not (k == "lr" and _is_train_config(obj))}
+    if isinstance(obj, list | tuple):
+        return [_without_lr(v) for v in obj]
+    return obj
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    tensors = [t.detach() for t in tensors if t.is_floating_point()]
+    return not tensors or bool(torch.isfinite(torch.nn.utils.get_total_norm(tensors)))
 
 
 def fit(
@@ -132,16 +190,33 @@ def fit(
     best_state: dict | None = None
     history: list[dict[str, float]] = []
     resumed_from = None
+    lr_override = None
     if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-        if state["fingerprint"] != fingerprint:
-            raise CheckpointMismatch(f"{checkpoint}: written under another configuration; drop --resume to start over")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        state = load_checkpoint(checkpoint)
+        saved = state["fingerprint"]
+        if _without_lr(saved) != _without_lr(fingerprint):
+            raise CheckpointMismatch(
+                f"{checkpoint}: written under another configuration (only the learning rate may change "
+                "on --resume); drop --resume to start over"
+            )
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointMismatch(
+                f"{checkpoint}: does not fit this model ({e}); drop --resume to start over"
+            ) from None
         start_epoch, best_metric, best_epoch = state["epoch"] + 1, state["best_metric"], state["best_epoch"]
         bad_evals, best_state, history = state["bad_evals"], state["best_state"], state["history"]
         resumed_from = state["epoch"]
+        old_lr = saved.get("train", {}).get("lr")
+        if old_lr != cfg.lr:  # continue the schedule from where it was, scaled to the new rate
+            lr_override = {"from": old_lr, "to": cfg.lr, "after_epoch": resumed_from + 1}
+            sched.base_lrs = [cfg.lr for _ in opt.param_groups]
+            factor = _lr_lambda(cfg, cfg.epochs * steps_per_epoch)(sched.last_epoch)
+            for group in opt.param_groups:
+                group["initial_lr"], group["lr"] = cfg.lr, cfg.lr * factor
     elif checkpoint.exists() and dist.is_main():
         checkpoint.unlink()
 
@@ -164,7 +239,14 @@ def fit(
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if not torch.isfinite(norm):
                 _diverged(name, epoch, step, parts, checkpoint, f"gradient norm is {norm.item()}")
-            opt.step()
+            try:
+                opt.step()
+            except RuntimeError as e:  # AdamW's step size itself overflows float32 at a huge rate
+                if "overflow" not in str(e):
+                    raise
+                _diverged(name, epoch, step, parts, checkpoint, f"the update overflows ({e})")
+            if not all_finite(params):
+                _diverged(name, epoch, step, parts, checkpoint, "a weight became NaN/inf after the update")
             sched.step()
             n += 1
             for k, v in parts.items():
@@ -187,6 +269,8 @@ def fit(
         history.append(row)
         if on_epoch is not None:
             on_epoch(name, epoch, row)
+        if not all_finite(model.state_dict().values()):
+            _diverged(name, epoch, n - 1, {}, checkpoint, "a weight is NaN/inf at the end of the epoch")
         if dist.is_main():
             _save(
                 checkpoint,
@@ -219,16 +303,18 @@ def fit(
         resumed_from=resumed_from,
         history=history,
         wall_time_s=time.perf_counter() - started,
+        lr_override=lr_override,
     )
 
 
 def _diverged(name: str, epoch: int, step: int, parts: dict[str, float], checkpoint: Path, what: str) -> None:
     shown = ", ".join(f"{k}={v:.4g}" for k, v in parts.items())
-    keep = (
-        f"the last good checkpoint {checkpoint} is kept (--resume restarts from it)"
+    shown = f" ({shown})" if shown else ""
+    advice = (
+        f"the last good checkpoint {checkpoint} (finite weights) is kept: pass --resume with a lower learning "
+        "rate (--lr, or train.lr in the recipe) to continue from it"
         if checkpoint.is_file()
-        else "no epoch had completed, so there is no checkpoint"
+        else "no epoch had completed, so there is no checkpoint: lower the learning rate (--lr, or train.lr in "
+        "the recipe) or check the inputs"
     )
-    raise TrainingDiverged(
-        f"{name}: {what} at epoch {epoch + 1}, step {step + 1} ({shown}); {keep}; lower the learning rate or check the inputs"
-    )
+    raise TrainingDiverged(f"{name}: {what} at epoch {epoch + 1}, step {step + 1}{shown}; {advice}")

@@ -292,6 +292,7 @@ def run_align(
     artifacts.check_writable(out_dir, force)
     data_dir = run_dir / "data"
     artifacts.verify_stage(data_dir)
+    data_record = artifacts.input_record(data_dir)  # recorded from what is read, not at the end
     z_np, fuse_record = _fuse_z(run_dir)
     data = split_for_training(load_sequences(data_dir), len(z_np), data_dir)
     N = data.num_items
@@ -417,7 +418,7 @@ def run_align(
             stage=STAGE,
             config=asdict(cfg),
             seed=seed,
-            inputs={"fuse": fuse_record, "data": artifacts.input_record(data_dir)},
+            inputs={"fuse": fuse_record, "data": data_record},
             counts={"train_users": len(data.train_seqs), "valid_users": len(data.valid_hist), "items": N},
             wall_time_s=time.perf_counter() - started,
             extra={
@@ -491,6 +492,13 @@ def read_external_users(path: Path, items: pl.DataFrame) -> tuple[list[str], lis
         histories.append(rows["_id"].to_numpy().astype(np.int64))
     known = set(users)
     empty = sorted(set(table["user"].unique().to_list()) - known)
+    if not users:
+        examples = ", ".join(repr(x) for x in unknown["item"].unique(maintain_order=True).head(3).to_list())
+        raise DataSchemaError(
+            f"{path}: no row names an item of this run ({table.height} rows"
+            + (f"; unknown items such as {examples}" if examples else "")
+            + "); item ids must be the dataset's raw ids"
+        )
     report = {
         "file": str(path),
         "users": len(users),
@@ -513,6 +521,7 @@ def run_embed(
     started = time.perf_counter()
     out_dir = run_dir / "embed"
     artifacts.check_writable(out_dir, force)
+    align_record = artifacts.input_record(run_dir / STAGE)  # what is read, recorded before reading it
     model, _ = load_sal(run_dir, device, kernel)
     z_np, _ = load_z(run_dir)
     z = torch.as_tensor(z_np, device=device)
@@ -562,7 +571,7 @@ def run_embed(
                 "kernel": model.kernel,
             },
             seed=None,
-            inputs={"align": artifacts.input_record(run_dir / STAGE)},
+            inputs={"align": align_record},
             counts=counts,
             wall_time_s=time.perf_counter() - started,
             extra=extra,

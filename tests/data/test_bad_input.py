@@ -152,7 +152,7 @@ def test_failure_while_writing_keeps_the_old_run(good_run, monkeypatch):
     result = invoke("prepare", "synthetic", "--preset", "tiny", "--seed", "5", "--out", run, "--force")
     assert result.exit_code == 1 and "internal error: OSError: disk full" in result.stderr
     assert folder_digest(run) == digest
-    assert sorted(p.name for p in run.iterdir()) == ["data"]  # no temp folder left
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "data"]  # no temp folder left
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -165,3 +165,106 @@ def test_global_time_split_on_an_order_only_source_keeps_the_old_run(tmp_path, g
     _fails(_prepare_into(good_run, src, "--split", "global-time"), "--split global-time", "no timestamps")
     _fails(_prepare_into(good_run, src, "--split", "global-time", "--split-at", "0.8"), "--split-at '0.8'")
     _fails(_prepare_into(good_run, src, "--split", "global-time", "--split-at", "0.9,0.2"), "--split-at 0.9,0.2")
+
+
+# ---------------------------------------------------------------- custom sources: empty tables, schema types
+
+
+def _custom(tmp_path, schema: str, inter: str | None = "user,item,ts\nu1,i1,1\n", name="c"):
+    src = tmp_path / name
+    if inter is not None:
+        write(src / "inter.csv", inter)
+    write(src / "schema.yaml", schema)
+    return src
+
+
+SCHEMA = "interactions: {path: inter.csv, user: user, item: item, timestamp: ts}\n"
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_an_empty_interaction_table_is_named(tmp_path, good_run, policy):
+    run, digest = good_run
+    src = _custom(tmp_path, SCHEMA, "user,item,ts\n")
+    args = ("prepare", "custom", "--source", src, "--out", run, "--force", "--on-bad-rows", policy)
+    _fails(invoke(*args), "inter.csv: no interactions to read")
+    import polars as pl
+
+    empty = pl.DataFrame({"user": [], "item": []}, schema={"user": pl.String, "item": pl.String})
+    empty.write_parquet(src / "inter.parquet")
+    write(src / "schema.yaml", "interactions: {path: inter.parquet, user: user, item: item}\n")
+    _fails(invoke(*args), "inter.parquet: no interactions to read")
+    # every row bad and skipped: the same, with the count
+    write(src / "inter.csv", "user,item,ts\nu1,i1,x\nu2,i2,y\n")
+    write(src / "schema.yaml", SCHEMA)
+    if policy == "skip":
+        _fails(invoke(*args), "inter.csv: no interactions to read (2 bad rows skipped)")
+    assert folder_digest(run) == digest
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        (
+            "interactions: {path: [inter.csv], user: user, item: item}",
+            "interactions.path must be a column name or file path (one string), got a list",
+        ),
+        (
+            "interactions: {path: inter.csv, user: [a, b], item: item}",
+            "interactions.user must be a column name or file path (one string), got a list",
+        ),
+        (
+            "interactions: {path: inter.csv, user: user, item: item, user: u}",
+            "not valid YAML (line 1, column 57: key 'user' appears twice",
+        ),
+        (
+            "interactions: {path: inter.csv, user: user, item: item}\nfeatures:\n  image:\n",
+            "features.image must be a column name or file path (one string), got nothing",
+        ),
+        ("interactions: {path: 123, user: user, item: item}", "123: file not found (interactions)"),
+        ("interactions: {path: inter.csv, user: user, item: item}\nitems: [a]\n", "'items' must be a mapping"),
+    ],
+)
+def test_custom_schema_values_are_type_checked(tmp_path, good_run, schema, message):
+    run, digest = good_run
+    src = _custom(tmp_path, schema + "\n")
+    _fails(
+        invoke("prepare", "custom", "--source", src, "--out", run, "--force"),
+        "schema.yaml" if "123" not in message else "",
+        message,
+    )
+    assert folder_digest(run) == digest
+
+
+def test_custom_timestamp_error_names_the_line_and_long_titles_read(tmp_path):
+    inter = "user,item,ts\n" + "".join(f"u{u},i{i},{i}\n" for u in range(4) for i in range(4))
+    src = _custom(
+        tmp_path, SCHEMA + "items: {path: items.csv, item: item, title: title}\n", inter + "u9,i1,yesterday\n"
+    )
+    long_title = "word " * 40_000  # 200,000 characters: over the csv module's default field limit
+    write(src / "items.csv", f'item,title\ni0,"{long_title}"\ni1,a b c\ni2,d e f\ni3,g h i\n')
+    out = tmp_path / "r"
+    _fails(
+        invoke("prepare", "custom", "--source", src, "--out", out, "--text-encoder", "none"),
+        "inter.csv:18: timestamp 'yesterday'",
+    )
+    result = invoke(
+        "prepare", "custom", "--source", src, "--out", out, "--text-encoder", "none", "--on-bad-rows", "skip"
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_a_one_item_catalogue_is_refused(tmp_path):
+    src = _custom(
+        tmp_path,
+        "interactions: {path: inter.csv, user: user, item: item}\n",
+        "user,item\n" + "u1,i0\n" * 3 + "u2,i0\n" * 3,
+    )
+    _fails(invoke("prepare", "custom", "--source", src, "--out", tmp_path / "r"), "inter.csv", "at least 2 items")
+    assert not (tmp_path / "r" / "data").exists()
+
+
+def test_negative_prepare_seed(tmp_path):
+    _fails(
+        invoke("prepare", "synthetic", "--preset", "tiny", "--seed", "-1", "--out", tmp_path / "r"),
+        "--seed -1: must be >= 0",
+    )

@@ -62,7 +62,7 @@ def test_ablate_prints_tables_5_and_6_and_leaves_the_full_model_alone(full):
 def test_table_6_reuses_the_cell_the_full_model_already_is(full):
     run, recipe = full
     args = ("ablate", run, "--recipe", recipe, "--history-len", "full", "--attention", "sparse,mean")
-    result = invoke(*args, "--protocol", "loo", "--format", "csv")
+    result = invoke(*args, "--protocol", "loo", "--format", "csv", "--force")
     assert result.exit_code == 0, result.output
     assert not (run / "ablate" / "len-full-sparse").exists()  # RUN itself: same settings, same seed
     assert (run / "ablate" / "len-full-mean" / "embed").is_dir()
@@ -71,7 +71,7 @@ def test_table_6_reuses_the_cell_the_full_model_already_is(full):
     assert full_model.exit_code == 0
     assert tables["table6"]["full / sparse"] == json.loads(full_model.stdout)["models"]["mufasa"]["mean"]
     # another seed is another model: trained, not reused
-    assert invoke(*args, "--seed", "1", "--protocol", "loo").exit_code == 0
+    assert invoke(*args, "--seed", "1", "--protocol", "loo", "--force").exit_code == 0
     assert (run / "ablate" / "len-full-sparse" / "embed").is_dir()
 
 
@@ -88,7 +88,7 @@ def test_variants_side_by_side_give_the_same_tables_as_one_after_another(full, t
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers get 1 thread each too: the same arithmetic
     try:
-        one = invoke("ablate", run, *args, "--jobs", "1")
+        one = invoke("ablate", run, *args, "--jobs", "1", "--force")
         two = invoke("ablate", copy, *args, "--jobs", "2")
     finally:
         torch.set_num_threads(threads)
@@ -97,6 +97,27 @@ def test_variants_side_by_side_give_the_same_tables_as_one_after_another(full, t
     assert (copy / "ablate" / "w-o-cons" / "embed").is_dir() and (copy / "ablate" / "len-8-mean" / "embed").is_dir()
     tables = [json.loads((r / "ablate" / "tables-loo.json").read_text()) for r in (run, copy)]
     assert tables[0] == tables[1]
+
+
+def test_ablate_refuses_to_overwrite_without_force_and_uses_the_runs_recipe(full, tmp_path):
+    import shutil
+
+    run, recipe = full
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True, ignore=shutil.ignore_patterns("ablate"))
+    args = ["--without", "window", "--protocol", "loo", "--format", "json"]
+    first = invoke("ablate", copy, *args)  # no --recipe: the one RUN/recipe.yaml records
+    assert first.exit_code == 0, first.output
+    assert f"using the recipe {copy / 'recipe.yaml'} records" in first.stderr
+    before = folder_digest(copy / "ablate")
+    again = invoke("ablate", copy, "--without", "cons", "--protocol", "loo")  # w-o-cons is new, the table file not
+    assert again.exit_code == 2 and "tables-loo.json already exists; pass --force" in again.stderr
+    assert folder_digest(copy / "ablate") == before
+    # the same variant trained from the --recipe file: the same numbers
+    same = invoke("ablate", copy, *args, "--recipe", recipe, "--force")
+    assert same.exit_code == 0, same.output
+    assert "notice" not in same.stderr and "replaces" not in same.stderr
+    assert json.loads(same.stdout) == json.loads(first.stdout)
 
 
 @pytest.mark.parametrize(

@@ -140,8 +140,13 @@ def test_compare_sasrec_trains_once_and_caches(embedded, tmp_path):
     )
     assert again.exit_code == 0, again.output
     assert "trained sasrec" not in again.stdout and "SASRec-" in again.stdout  # inductive: zero-shot users too
-    other = invoke("eval", embedded, "--compare", "sasrec", "--force")  # another config: trained again
+    # no --recipe: the recipe the run recorded (the one above), so the cache still fits
+    same = invoke("eval", embedded, "--compare", "sasrec", "--force")
+    assert same.exit_code == 0 and "trained sasrec" not in same.stdout
+    recipe.write_text("baselines:\n  sasrec: {max_len: 12, train: {epochs: 2, batch_size: 16}}\n")
+    other = invoke("eval", embedded, "--compare", "sasrec", "--force", "--recipe", recipe)  # another config
     assert other.exit_code == 0 and "trained sasrec" in other.stdout
+    assert "replaces the baselines settings" in other.stderr
 
 
 def test_baselines_trained_side_by_side_match_one_after_another(embedded, tmp_path):

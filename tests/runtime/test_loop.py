@@ -15,10 +15,21 @@ class Boom(Exception):
     pass
 
 
-def _train(tmp_path, epochs=6, resume=False, crash_at=None, nan_at=None, patience=100, validate=None, seed=0):
+def _train(
+    tmp_path,
+    epochs=6,
+    resume=False,
+    crash_at=None,
+    nan_at=None,
+    patience=100,
+    validate=None,
+    seed=0,
+    lr=0.05,
+    inf_at=None,
+):
     torch.manual_seed(123)
     model = torch.nn.Linear(3, 1)
-    cfg = TrainConfig(epochs=epochs, batch_size=16, lr=0.05, patience=patience, warmup_frac=0.2)
+    cfg = TrainConfig(epochs=epochs, batch_size=16, lr=lr, patience=patience, warmup_frac=0.2)
 
     def batches(rng):
         order = rng.permutation(64)
@@ -29,6 +40,8 @@ def _train(tmp_path, epochs=6, resume=False, crash_at=None, nan_at=None, patienc
         noise = torch.randn(len(idx)) * 0.01  # a random op inside the step, as dropout would be
         pred = model(X[idx]).squeeze(-1) + noise
         loss = (pred - Y[idx]).pow(2).mean()
+        if inf_at == state["steps"]:  # after the forward pass: the loss and gradients stay finite
+            model.bias.data.fill_(float("inf"))
         return loss * (float("nan") if nan_at == state["steps"] else 1.0), {"mse": loss.item()}
 
     state = {"steps": 0}
@@ -79,11 +92,47 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
 
 
 def test_nan_guard_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    with pytest.raises(TrainingDiverged, match=r"toy: loss is nan at epoch 3, step 2 .*toy\.pt is kept"):
+    with pytest.raises(
+        TrainingDiverged, match=r"toy: loss is nan at epoch 3, step 2 .*toy\.pt \(finite weights\) is kept"
+    ):
         _train(tmp_path, nan_at=9)  # the 10th step: epoch 3 (0-based 2), step 2
-    state = torch.load(tmp_path / "toy.pt", weights_only=False)
+    state = torch.load(tmp_path / "toy.pt", weights_only=True)
     assert state["epoch"] == 1  # epochs 1 and 2 completed
     assert all(np.isfinite(v).all() for v in (p.numpy() for p in state["model"].values()))
+
+
+def test_nan_guard_checks_the_weights_after_each_update(tmp_path):
+    # the loss and gradient of the step were finite, the weights after it are not
+    with pytest.raises(TrainingDiverged, match=r"a weight became NaN/inf after the update at epoch 2, step 2"):
+        _train(tmp_path, inf_at=5)
+    state = torch.load(tmp_path / "toy.pt", weights_only=True)
+    assert state["epoch"] == 0 and torch.isfinite(state["model"]["bias"]).all()
+    # a rate so large that AdamW's step overflows float32 is a divergence too, not a crash
+    with pytest.raises(TrainingDiverged, match=r"overflow.*epoch 1, step 1"):
+        _train(tmp_path / "big", lr=1e39)
+    assert not (tmp_path / "big" / "toy.pt").exists()
+
+
+def test_resume_after_divergence_with_a_lower_lr_continues_and_records_it(tmp_path):
+    with pytest.raises(TrainingDiverged, match="--resume with a lower learning rate"):
+        _train(tmp_path, nan_at=9)
+    model, result = _train(tmp_path, resume=True, lr=0.01)
+    assert result.resumed_from == 1 and result.epochs_run == 6
+    assert result.lr_override == {"from": 0.05, "to": 0.01, "after_epoch": 2}
+    assert result.summary()["lr_override"]["to"] == 0.01
+    assert result.history[2]["lr"] < 0.01 < result.history[1]["lr"]  # the schedule goes on at the new rate
+    assert torch.isfinite(model.weight).all()
+    # the new rate is what the checkpoint now records: resuming again with it is no override
+    assert torch.load(tmp_path / "toy.pt", weights_only=True)["fingerprint"]["train"]["lr"] == 0.01
+
+
+def test_corrupt_checkpoint_is_named_on_resume(tmp_path):
+    (tmp_path / "toy.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointMismatch, match=r"toy\.pt: not a readable mufasa checkpoint"):
+        _train(tmp_path, resume=True)
+    torch.save({"epoch": 1}, tmp_path / "toy.pt")
+    with pytest.raises(CheckpointMismatch, match=r"toy\.pt: not a mufasa checkpoint \(keys missing\)"):
+        _train(tmp_path, resume=True)
 
 
 def test_early_stopping_restores_the_best_weights(tmp_path):

@@ -31,7 +31,16 @@ def check_flags(cfg: PrepareConfig) -> None:
 
 
 def load_source(cfg: PrepareConfig, bad: BadRows, on_progress: Callable[[int, int], None] | None = None) -> RawDataset:
-    """The source's raw tables; call check_flags(cfg) first (prepare.run does, before any work)."""
+    """The source's raw tables; call check_flags(cfg) first (prepare.run does, before any work).
+    A source with no interaction left to read is refused, naming its file."""
+    raw = _load(cfg, bad, on_progress)
+    if raw.interactions.height == 0:
+        skipped = f" ({bad.total} bad rows skipped)" if bad.total else ""
+        raise DataSchemaError(f"{raw.interactions_file or cfg.sources[0]}: no interactions to read{skipped}")
+    return raw
+
+
+def _load(cfg: PrepareConfig, bad: BadRows, on_progress: Callable[[int, int], None] | None) -> RawDataset:
     sources = [Path(s) for s in cfg.sources]
     match cfg.dataset:
         case "synthetic":

@@ -61,6 +61,7 @@ class RawDataset:
     # False when the source has only an order (timestamps are positions): no global time split.
     has_timestamps: bool = True
     inputs: dict[str, str] = field(default_factory=dict)  # source file -> sha256
+    interactions_file: str = ""  # the file the interactions came from, for messages
     notes: dict[str, object] = field(default_factory=dict)  # counts for the summary/manifest
 
 
@@ -128,8 +129,10 @@ def iter_split_lines(text: str, sep: str) -> Iterator[tuple[int, list[str]]]:
             yield i, line.split(sep)
 
 
-def iter_csv(text: str, delimiter: str = ",") -> Iterator[tuple[int, list[str]]]:
-    """(first line number, fields) of each CSV record; quoted fields may span lines."""
+def iter_csv(text: str, delimiter: str = ",", path: Path | str = "") -> Iterator[tuple[int, list[str]]]:
+    """(first line number, fields) of each CSV record; quoted fields may span lines, and a
+    field may be as long as the text (the csv module's default limit is 131,072 characters)."""
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, skipinitialspace=True)
     prev = 0
     try:
@@ -138,7 +141,7 @@ def iter_csv(text: str, delimiter: str = ",") -> Iterator[tuple[int, list[str]]]
             if row and any(f.strip() for f in row):
                 yield start, row
     except csv.Error as e:
-        raise DataSchemaError(f"line {reader.line_num}: {e}") from None
+        raise DataSchemaError(f"{path}:{reader.line_num}: {e}" if path else f"line {reader.line_num}: {e}") from None
 
 
 def parse_float(value: str) -> float | None:
@@ -225,12 +228,18 @@ def feature_files_in(folder: Path) -> list[tuple[str, Path]]:
 
 
 def read_header_table(
-    path: Path, columns: list[str], bad: BadRows, delimiter: str = ",", optional: tuple[str, ...] = ()
+    path: Path,
+    columns: list[str],
+    bad: BadRows,
+    delimiter: str = ",",
+    optional: tuple[str, ...] = (),
+    lines: list[int] | None = None,
 ) -> dict[str, list[str]]:
     """Named columns of a CSV/TSV with a header (or a parquet file), as strings.
 
     Missing required columns raise; a row with the wrong number of fields or an empty
-    required field is a bad row (named by line number).
+    required field is a bad row (named by line number). `lines`, when given, receives the
+    line number of each row returned (CSV/TSV; parquet rows have none).
     """
     if path.suffix == ".parquet":
         try:
@@ -239,7 +248,7 @@ def read_header_table(
             raise DataSchemaError(f"{path}: unreadable parquet file ({e})") from None
         missing = [c for c in columns if c not in df.columns]
         if missing:
-            raise DataSchemaError(f"{path}: missing columns {missing} (has {df.columns})")
+            raise DataSchemaError(f"{path}: missing columns {missing} (has {_shown(df.columns)})")
         wanted = columns + [c for c in optional if c in df.columns]
         df = df.select([pl.col(c).cast(pl.String) for c in wanted]).with_row_index("_row")
         nulls = df.filter(pl.any_horizontal([pl.col(c).is_null() | (pl.col(c) == "") for c in columns]))
@@ -247,14 +256,14 @@ def read_header_table(
             bad.bad(path, None, f"row {r}: empty value in a required column of {columns}")
         df = df.filter(~pl.col("_row").is_in(nulls["_row"].implode()))
         return {c: df[c].to_list() for c in wanted}
-    rows = iter_csv(read_text(path), delimiter)
+    rows = iter_csv(read_text(path), delimiter, path)
     first = next(rows, None)
     if first is None:
         raise DataSchemaError(f"{path}: empty file")
     header = [h.strip() for h in first[1]]
     missing = [c for c in columns if c not in header]
     if missing:
-        raise DataSchemaError(f"{path}: missing columns {missing} (header has {header})")
+        raise DataSchemaError(f"{path}: missing columns {missing} (header has {_shown(header)})")
     wanted = columns + [c for c in optional if c in header]
     at = [header.index(c) for c in wanted]
     req = set(range(len(columns)))
@@ -269,7 +278,16 @@ def read_header_table(
             continue
         for c, v in zip(wanted, values, strict=True):
             out[c].append(v)
+        if lines is not None:
+            lines.append(line)
     return out
+
+
+def _shown(names: list[str], most: int = 12, width: int = 40) -> str:
+    """Column names for a message: at most `most`, each cut to `width` characters (a file that is
+    not a table must not be echoed whole)."""
+    cut = [n if len(n) <= width else n[: width - 1] + "…" for n in names[:most]]
+    return str(cut)[:-1] + (f", … {len(names) - most} more]" if len(names) > most else "]")
 
 
 def timestamps_or_order(

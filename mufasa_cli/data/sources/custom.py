@@ -25,6 +25,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 
+from mufasa_cli import yaml_strict
 from mufasa_cli.artifacts import sha256_file
 from mufasa_cli.data.sources.base import (
     BadRows,
@@ -45,33 +46,60 @@ DEFAULT_GENRE = "item"
 
 
 def _schema(source: Path) -> tuple[Path, dict]:
+    """The schema, checked: known sections and keys, every value a string (a column name or a
+    path; a number is read as its text), no key twice."""
     path = source / "schema.yaml" if source.is_dir() else source
     require_file(path, "custom dataset schema")
     try:
-        spec = yaml.safe_load(read_text(path))
+        spec = yaml_strict.load(read_text(path))
     except yaml.YAMLError as e:
-        raise DataSchemaError(f"{path}: not valid YAML ({e})") from None
+        raise DataSchemaError(f"{path}: not valid YAML ({yaml_strict.describe(e)})") from None
     if not isinstance(spec, dict):
         raise DataSchemaError(f"{path}: expected a mapping with 'interactions' (and optional 'items', 'features')")
     unknown = set(spec) - {"interactions", "items", "features"}
     if unknown:
-        raise DataSchemaError(f"{path}: unknown keys {sorted(unknown)}")
+        raise DataSchemaError(f"{path}: unknown keys {sorted(map(str, unknown))}")
     if "interactions" not in spec:
         raise DataSchemaError(f"{path}: 'interactions' section missing")
     for section, (required, optional) in SECTIONS.items():
-        body = spec.get(section)
-        if body is None:
+        if section not in spec:
             continue
+        body = spec[section]
         if not isinstance(body, dict):
-            raise DataSchemaError(f"{path}: '{section}' must be a mapping")
+            raise DataSchemaError(f"{path}: '{section}' must be a mapping of keys {sorted(required | optional)}")
         missing, extra = required - set(body), set(body) - required - optional
         if missing:
             raise DataSchemaError(f"{path}: '{section}' needs keys {sorted(missing)}")
         if extra:
-            raise DataSchemaError(f"{path}: unknown keys in '{section}': {sorted(extra)}")
-    if "features" in spec and not isinstance(spec["features"], dict):
+            raise DataSchemaError(f"{path}: unknown keys in '{section}': {sorted(map(str, extra))}")
+        spec[section] = {k: _text(path, f"{section}.{k}", v) for k, v in body.items()}
+    features = spec.get("features")
+    if "features" in spec and not isinstance(features, dict):
         raise DataSchemaError(f"{path}: 'features' must map modality names to files")
+    if features:
+        spec["features"] = {_text(path, "features", k): _text(path, f"features.{k}", v) for k, v in features.items()}
     return path, spec
+
+
+def _text(path: Path, where: str, value: object) -> str:
+    """A schema value that names a column or a file: a non-empty string (numbers as their text)."""
+    if isinstance(value, bool) or not isinstance(value, str | int | float) or str(value).strip() == "":
+        shown = "nothing" if value is None else f"a {type(value).__name__}"
+        raise DataSchemaError(f"{path}: {where} must be a column name or file path (one string), got {shown}")
+    return str(value)
+
+
+def _inside(schema_path: Path, where: str, rel: str, what: str) -> Path:
+    """A file the schema names, which must lie inside the schema's folder (after following
+    links and '..'); the file is not opened otherwise, so nothing of it is shown."""
+    base = schema_path.parent.resolve()
+    target = (base / rel).resolve()
+    if not target.is_relative_to(base):
+        raise DataSchemaError(
+            f"{schema_path}: {where} {rel!r} points outside the schema's folder {base}; "
+            "put the file beside schema.yaml (or in a folder below it)"
+        )
+    return require_file(schema_path.parent / rel, what)
 
 
 def _delimiter(path: Path) -> str:
@@ -80,26 +108,26 @@ def _delimiter(path: Path) -> str:
 
 def load(source: Path, bad: BadRows) -> RawDataset:
     schema_path, spec = _schema(source)
-    base = schema_path.parent
     inputs = {str(schema_path): sha256_file(schema_path)}
 
     it = spec["interactions"]
-    ipath = require_file(base / it["path"], "interactions")
+    ipath = _inside(schema_path, "interactions.path", it["path"], "interactions")
     inputs[str(ipath)] = sha256_file(ipath)
     cols = [it["user"], it["item"]] + ([it["timestamp"]] if "timestamp" in it else [])
-    table = read_header_table(ipath, cols, bad, _delimiter(ipath))
+    lines: list[int] = []
+    table = read_header_table(ipath, cols, bad, _delimiter(ipath), lines=lines)
     n = len(table[it["user"]])
-    times, ok = timestamps_or_order(table.get(it.get("timestamp", "")), n, ipath, bad)
+    times, ok = timestamps_or_order(table.get(it.get("timestamp", "")), n, ipath, bad, lines or None)
     interactions = pl.DataFrame(
         {"raw_user": table[it["user"]], "raw_item": table[it["item"]], "timestamp": times},
         schema={"raw_user": pl.String, "raw_item": pl.String, "timestamp": pl.Float64},
-    ).filter(pl.Series(ok))
+    ).filter(pl.Series(ok, dtype=pl.Boolean))
 
     genres = [DEFAULT_GENRE]
     items = pl.DataFrame(schema={"raw_item": pl.String, "title": pl.String, "genre": pl.String, "category": pl.String})
     if "items" in spec:
         st = spec["items"]
-        tpath = require_file(base / st["path"], "items")
+        tpath = _inside(schema_path, "items.path", st["path"], "items")
         inputs[str(tpath)] = sha256_file(tpath)
         optional = tuple(st[k] for k in ("title", "genre", "category") if k in st)
         t = read_header_table(tpath, [st["item"]], bad, _delimiter(tpath), optional=optional)
@@ -121,8 +149,16 @@ def load(source: Path, bad: BadRows) -> RawDataset:
 
     feature_paths: list[tuple[str, Path]] = []
     for name, rel in (spec.get("features") or {}).items():
-        p = require_file(base / str(rel), f"features for modality {name!r}")
+        p = _inside(schema_path, f"features.{name}", rel, f"features for modality {name!r}")
         feature_paths.append((str(name), p))
         inputs[str(p)] = sha256_file(p)
     modalities = load_feature_files(feature_paths, bad)
-    return RawDataset(interactions, items, genres, modalities, inputs=inputs, has_timestamps="timestamp" in it)
+    return RawDataset(
+        interactions,
+        items,
+        genres,
+        modalities,
+        inputs=inputs,
+        has_timestamps="timestamp" in it,
+        interactions_file=str(ipath),
+    )

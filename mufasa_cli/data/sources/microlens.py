@@ -58,7 +58,7 @@ def _read_pairs(path: Path, bad: BadRows) -> pl.DataFrame:
             items.extend(seq)
             times.extend(float(i) for i in range(len(seq)))
     else:
-        for line, fields in iter_csv(text):
+        for line, fields in iter_csv(text, ",", path):
             if len(fields) != 3:
                 bad.bad(path, line, f"expected 3 fields user,item,timestamp, got {len(fields)}")
                 continue
@@ -89,7 +89,7 @@ def _read_titles(path: Path, bad: BadRows) -> dict[str, str]:
             (line, line_text.split(",", 1)) for line, line_text in enumerate(text.splitlines(), 1) if line_text.strip()
         )
     else:
-        rows = iter_csv(text)
+        rows = iter_csv(text, ",", path)
     for line, fields in rows:
         if len(fields) < 2 or not fields[0].strip():
             bad.bad(path, line, "expected 'item,title'")
@@ -103,7 +103,7 @@ def _read_titles(path: Path, bad: BadRows) -> dict[str, str]:
 
 def _read_keyed(path: Path, sep: str, n_values: int, bad: BadRows) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    rows = iter_csv(read_text(path), sep) if sep == "," else iter_split_lines(read_text(path), sep)
+    rows = iter_csv(read_text(path), sep, path) if sep == "," else iter_split_lines(read_text(path), sep)
     for line, fields in rows:
         fields = [f.strip() for f in fields]
         if line == 1 and parse_float(fields[0]) is None:
@@ -186,5 +186,12 @@ def load(folders: list[Path], bad: BadRows) -> RawDataset:
         schema={"raw_item": pl.String, "title": pl.String, "genre": pl.String, "category": pl.String},
     )
     return RawDataset(
-        interactions, items, [GENRE], modalities, inputs=inputs, notes=notes, has_timestamps=pairs.suffix != ".tsv"
+        interactions,
+        items,
+        [GENRE],
+        modalities,
+        inputs=inputs,
+        notes=notes,
+        has_timestamps=pairs.suffix != ".tsv",
+        interactions_file=str(pairs),
     )

@@ -133,6 +133,7 @@ def load(folder: Path, bad: BadRows) -> RawDataset:
         [GENRE],
         modalities=movie_modalities(ids, genres, years, str(movies_path)),
         inputs={str(p): sha256_file(p) for p in (ratings_path, movies_path)},
+        interactions_file=str(ratings_path),
     )
 
 

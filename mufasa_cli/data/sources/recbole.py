@@ -139,7 +139,15 @@ def load(source: Path, bad: BadRows) -> RawDataset:
         },
         schema={"raw_item": pl.String, "title": pl.String, "genre": pl.String, "category": pl.String},
     )
-    return RawDataset(interactions, items, [name], modalities, inputs=inputs, has_timestamps=t_col is not None)
+    return RawDataset(
+        interactions,
+        items,
+        [name],
+        modalities,
+        inputs=inputs,
+        has_timestamps=t_col is not None,
+        interactions_file=str(inter_path),
+    )
 
 
 def _dense(
