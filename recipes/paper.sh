@@ -55,5 +55,5 @@ mufasa embed "$run" --force
 for protocol in "${protocols[@]}"; do                               # Table 2 (loo), Table 3 (zero-shot)
   mufasa eval "$run" --protocol "$protocol" --compare "$compare" "${recipes[@]}" --jobs "${JOBS:-2}" --force
 done
-mufasa ablate "$run" "${recipes[@]}" --protocol "${protocols[-1]}" --jobs "${JOBS:-2}" "${ablations[@]}" \
+mufasa ablate "$run" "${recipes[@]}" --protocol "${protocols[-1]}" --jobs "${JOBS:-2}" "${ablations[@]}" --force \
   --history-len "${HISTORY_LEN:-30,full}" --attention sparse,full   # Tables 5 and 6

@@ -68,3 +68,59 @@ def test_recipes_layer_in_order(tmp_path):
     assert (r.align.sal.layers, r.align.sal.objective, r.align.item_ids) == (1, "last", False)
     assert r.align.sal.d_model == 32 and r.align.train.epochs == 7
     assert not r.align.full_softmax and r.align.uniform_negatives == 0 and not r.align.finetune_mfl
+
+
+def test_scientific_notation_reads_as_a_float_and_non_finite_values_are_refused(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("align:\n  train: {lr: 1e-3}\n  tau: 5E-2\n")  # YAML 1.1 reads both as strings
+    r = load_recipe(str(p))
+    assert r.align.train.lr == 0.001 and r.align.tau == 0.05
+    for bad in ("train: {lr: .inf}", "train: {lr: .nan}", "tau: 1e400"):
+        p.write_text(f"align:\n  {bad}\n")
+        with pytest.raises(RecipeError, match="must be a finite number"):
+            load_recipe(str(p))
+    p.write_text("align:\n  train: {lr: fast}\n")
+    with pytest.raises(RecipeError, match=r"align.train.lr: expected float, got 'fast'"):
+        load_recipe(str(p))
+
+
+def test_a_key_written_twice_is_refused_with_its_line(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("align:\n  tau: 0.1\n  tau: 0.2\n")
+    with pytest.raises(RecipeError, match=r"not valid YAML \(line 3, column 3: key 'tau' appears twice"):
+        load_recipe(str(p))
+
+
+def test_a_recorded_recipe_reads_back_the_same(tmp_path):
+    import dataclasses
+
+    from mufasa_cli.config import recipe_yaml
+
+    r = load_recipe(str(Path(__file__).parents[1] / "recipes" / "ml-100k.yaml"))
+    r = dataclasses.replace(
+        r, align=dataclasses.replace(r.align, sal=dataclasses.replace(r.align.sal, without=("window",)))
+    )
+    p = tmp_path / "recipe.yaml"
+    p.write_text(recipe_yaml(r, "a header line\nand another"))
+    assert p.read_text().startswith("# a header line\n# and another\n")
+    assert load_recipe(str(p)) == r
+
+
+def test_what_a_stage_records_keeps_upstream_sections(tmp_path):
+    import dataclasses
+
+    from mufasa_cli.config import RUN_RECIPE, merged_for_record, recipe_yaml
+
+    a = load_recipe(str(Path(__file__).parents[1] / "recipes" / "ml-100k.yaml"))
+    b = Recipe()
+    assert merged_for_record(tmp_path, b, "align", True) == b  # nothing recorded yet
+    (tmp_path / RUN_RECIPE).write_text(recipe_yaml(a))
+    # align-train with other recipe files: its fuse section stays what fuse-train recorded
+    m = merged_for_record(tmp_path, b, "align", True)
+    assert m.fuse == a.fuse and m.align == b.align and m.baselines == b.baselines
+    # align-train without recipe files: the baselines section recorded earlier is kept too
+    m = merged_for_record(tmp_path, b, "align", False)
+    assert m.fuse == a.fuse and m.align == b.align and m.baselines == a.baselines
+    # eval records only the baselines section
+    m = merged_for_record(tmp_path, dataclasses.replace(b), "baselines", True)
+    assert m.fuse == a.fuse and m.align == a.align and m.baselines == b.baselines

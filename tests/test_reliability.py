@@ -198,3 +198,9 @@ def test_sigterm_stops_a_stage_like_ctrl_c(tmp_path):
     assert proc.returncode == 143, err
     assert "terminated (SIGTERM)" in err and "Traceback" not in err
     assert not (run / "data").exists() and not list(run.glob(".data.*"))
+
+
+@pytest.mark.parametrize("command", ["fuse-train", "align-train", "eval", "ablate"])
+def test_a_negative_seed_is_refused(trained, command):
+    run, _ = trained
+    assert "--seed -1: must be >= 0" in _one_line_error(invoke(command, run, "--seed", "-1"))

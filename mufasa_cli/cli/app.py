@@ -289,6 +289,7 @@ def fuse_train(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/fuse.")] = False,
 ) -> None:
     """Train LightGCN CF embeddings and the Multimodal Fusion Layer; write RUN/fuse/ (z for every item)."""
+    _check_seed(seed)
     import dataclasses
 
     from mufasa_cli.artifacts import run_lock
@@ -342,6 +343,11 @@ JOBS_OPTION = typer.Option(
     "(small models use many threads poorly; 2 on a 2-core machine). Progress is then counted per "
     "training. 1 = one after another, in this process.",
 )
+
+
+def _check_seed(seed: int | None) -> None:
+    if seed is not None and seed < 0:
+        raise MufasaError(f"--seed {seed}: must be >= 0")
 
 
 def _check_jobs(jobs: int) -> None:
@@ -458,6 +464,7 @@ def align_train(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/align.")] = False,
 ) -> None:
     """Train the Sparse Attention-based Alignment Layer on the MFL vectors; write RUN/align/."""
+    _check_seed(seed)
     import dataclasses
 
     from mufasa_cli.artifacts import run_lock
@@ -647,6 +654,7 @@ def eval_(
 ) -> None:
     """Evaluate MUFASA (RUN/embed) and baselines on one protocol; print the paper's table and
     write RUN/eval/PROTOCOL/metrics.json with per-user metrics and p-values."""
+    _check_seed(seed)
     from mufasa_cli.eval.protocols import PROTOCOLS
     from mufasa_cli.eval.run import BASELINES, TESTS, run_eval, write_eval
 
@@ -765,6 +773,7 @@ def ablate(
     """Re-run only the stages each removed part touches (RUN/ablate/VARIANT/), evaluate every
     variant with the same protocol as the full model, and print Table 5 (--without) and/or
     Table 6 (--history-len with --attention)."""
+    _check_seed(seed)
     from mufasa_cli.eval import ablate as ab
     from mufasa_cli.eval.protocols import PROTOCOLS
     from mufasa_cli.runtime.device import resolve_device
