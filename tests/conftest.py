@@ -65,3 +65,13 @@ def tiny_run(tmp_path_factory) -> Path:
     result = invoke("prepare", "synthetic", "--preset", "tiny", "--out", run)
     assert result.exit_code == 0, result.output
     return run
+
+
+@pytest.fixture(scope="session")
+def fused_tiny(tmp_path_factory) -> Path:
+    """A `synthetic --preset tiny` run through fuse-train (2 MFL, 5 LightGCN epochs); tests copy
+    it before changing anything."""
+    run = tmp_path_factory.mktemp("fused") / "run"
+    assert invoke("prepare", "synthetic", "--preset", "tiny", "--out", run).exit_code == 0
+    assert invoke("fuse-train", run, "--epochs", "2", "--cf-epochs", "5").exit_code == 0
+    return run

@@ -196,11 +196,37 @@ def test_sigterm_stops_a_stage_like_ctrl_c(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert "terminated (SIGTERM)" in err and "Traceback" not in err
-    assert not (run / "data").exists() and not list(run.glob(".data.*"))
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err, err
+    left = sorted(p.name for p in run.iterdir()) if run.exists() else []
+    assert "data" not in left and not [n for n in left if n.startswith(".data.")], (left, err)
 
 
 @pytest.mark.parametrize("command", ["fuse-train", "align-train", "eval", "ablate"])
 def test_a_negative_seed_is_refused(trained, command):
     run, _ = trained
     assert "--seed -1: must be >= 0" in _one_line_error(invoke(command, run, "--seed", "-1"))
+
+
+def test_resume_at_a_lower_learning_rate_is_allowed_and_recorded(trained, tmp_path, monkeypatch):
+    from mufasa_cli.runtime import loop
+
+    run, recipe = trained
+    run = _copy(run, tmp_path)
+    real_save = loop._save
+
+    def save_then_interrupt(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt  # after the first epoch's checkpoint
+
+    monkeypatch.setattr(loop, "_save", save_then_interrupt)
+    args = ("align-train", run, "--recipe", recipe, "--force")
+    assert invoke(*args, "--lr", "0.002").exit_code == 130
+    monkeypatch.setattr(loop, "_save", real_save)
+    other = invoke(*args, "--resume", "--lr", "0.001", "--epochs", "3")  # another schedule: refused
+    assert "only the learning rate may change on --resume" in _one_line_error(other)
+    resumed = invoke(*args, "--resume", "--lr", "0.001")
+    assert resumed.exit_code == 0, resumed.output
+    assert "SAL resumed from its checkpoint after epoch 1, learning rate 0.002 -> 0.001" in resumed.stderr
+    manifest = json.loads((run / "align" / "manifest.json").read_text())
+    assert manifest["lr_override"] == {"from": 0.002, "to": 0.001, "after_epoch": 1}
+    assert manifest["config"]["train"]["lr"] == 0.001

@@ -21,14 +21,6 @@ class _Payload:
         return (os.system, (f"touch {self.marker}",))
 
 
-@pytest.fixture(scope="module")
-def fused(tmp_path_factory):
-    run = tmp_path_factory.mktemp("security") / "run"
-    assert invoke("prepare", "synthetic", "--preset", "tiny", "--out", run).exit_code == 0
-    assert invoke("fuse-train", run, "--epochs", "1", "--cf-epochs", "2").exit_code == 0
-    return run
-
-
 def _checkpoint_with_payload(path, marker):
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: None for k in ("epoch", "model", "optimizer", "scheduler", "best_metric", "best_epoch")}
@@ -46,9 +38,9 @@ def test_loading_a_checkpoint_with_a_pickle_payload_runs_nothing(tmp_path):
     assert marker.exists()
 
 
-def test_resume_from_a_planted_checkpoint_is_refused_without_running_it(fused, tmp_path):
+def test_resume_from_a_planted_checkpoint_is_refused_without_running_it(fused_tiny, tmp_path):
     run = tmp_path / "run"
-    shutil.copytree(fused, run)
+    shutil.copytree(fused_tiny, run)
     marker = tmp_path / "ran"
     ckpt = run / ".align.ckpt" / "sal.pt"
     _checkpoint_with_payload(ckpt, marker)

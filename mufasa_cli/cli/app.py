@@ -98,6 +98,22 @@ def _record_recipe(run: Path, used, section: str, command: str, given: bool) -> 
     )
 
 
+def _train_locked(run: Path, stage: str, resume: bool, train: Callable, used, given: bool) -> dict:
+    """A training stage (fuse or align) under the run lock: warn when a leftover checkpoint is
+    discarded, train with a progress bar (train(on_step) returns the manifest, {} on ranks
+    other than 0), then record `used` in RUN/recipe.yaml."""
+    from mufasa_cli.artifacts import run_lock
+
+    command = f"{stage}-train"
+    with run_lock(run, command):
+        _discard_notice([run / f".{stage}.ckpt"], resume)
+        with render.progress() as on_progress:
+            manifest = train(render.training_progress(on_progress))
+        if manifest:
+            _record_recipe(run, used, stage, command, given)
+    return manifest
+
+
 def _discard_notice(checkpoints: list[Path], resume: bool) -> None:
     """Without --resume a stage starts over and drops an interrupted run's checkpoint: say so."""
     if resume:
@@ -292,7 +308,6 @@ def fuse_train(
     _check_seed(seed)
     import dataclasses
 
-    from mufasa_cli.artifacts import run_lock
     from mufasa_cli.config import load_recipe
     from mufasa_cli.mfl.train import run as fuse_run
     from mufasa_cli.runtime.device import resolve_device
@@ -318,22 +333,18 @@ def fuse_train(
         cf = dataclasses.replace(cf, train=dataclasses.replace(cf.train, epochs=cf_epochs))
     cfg = dataclasses.replace(cfg, mfl=mfl, cf=cf)
     dev = resolve_device(device)
-    with run_lock(run, "fuse-train"):
-        _discard_notice([run / ".fuse.ckpt"], resume)
-        with render.progress() as on_progress:
-            manifest = fuse_run(
-                run,
-                cfg,
-                seed=seed,
-                device=dev,
-                retrain_cf=retrain_cf,
-                resume=resume,
-                force=force,
-                on_step=render.training_progress(on_progress),
-            )
-        if not manifest:  # a rank other than 0 under torchrun: rank 0 wrote and reports
-            return
-        _record_recipe(run, dataclasses.replace(full, fuse=cfg), "fuse", "fuse-train", bool(recipe))
+    manifest = _train_locked(
+        run,
+        "fuse",
+        resume,
+        lambda on_step: fuse_run(
+            run, cfg, seed=seed, device=dev, retrain_cf=retrain_cf, resume=resume, force=force, on_step=on_step
+        ),
+        dataclasses.replace(full, fuse=cfg),
+        bool(recipe),
+    )
+    if not manifest:  # a rank other than 0 under torchrun: rank 0 wrote and reports
+        return
     render.fuse_summary(manifest)
     render.out.print(f"wrote {run / 'fuse'}")
 
@@ -467,7 +478,6 @@ def align_train(
     _check_seed(seed)
     import dataclasses
 
-    from mufasa_cli.artifacts import run_lock
     from mufasa_cli.config import load_recipe
     from mufasa_cli.runtime.device import resolve_device
     from mufasa_cli.sal.train import run_align, train_config
@@ -502,22 +512,19 @@ def align_train(
     cfg = dataclasses.replace(
         cfg, **{schedule: _replace_given(train_config(cfg), epochs=epochs, lr=lr, batch_size=batch_size)}
     )
-    with run_lock(run, "align-train"):
-        _discard_notice([run / ".align.ckpt"], resume)
-        with render.progress() as on_progress:
-            manifest = run_align(
-                run,
-                cfg,
-                seed=seed,
-                device=resolve_device(device),
-                resume=resume,
-                force=force,
-                on_step=render.training_progress(on_progress),
-                kernel=kernel,
-            )
-        if not manifest:  # a rank other than 0 under torchrun: rank 0 wrote and reports
-            return
-        _record_recipe(run, dataclasses.replace(full, align=cfg), "align", "align-train", bool(recipe))
+    dev = resolve_device(device)
+    manifest = _train_locked(
+        run,
+        "align",
+        resume,
+        lambda on_step: run_align(
+            run, cfg, seed=seed, device=dev, resume=resume, force=force, on_step=on_step, kernel=kernel
+        ),
+        dataclasses.replace(full, align=cfg),
+        bool(recipe),
+    )
+    if not manifest:  # a rank other than 0 under torchrun: rank 0 wrote and reports
+        return
     render.resume_notices("SAL", manifest)
     v = manifest["valid"]
     render.out.print(

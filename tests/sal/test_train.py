@@ -17,11 +17,8 @@ from tests.conftest import folder_digest, invoke
 
 
 @pytest.fixture(scope="module")
-def fused(tmp_path_factory):
-    run = tmp_path_factory.mktemp("fused") / "run"
-    assert invoke("prepare", "synthetic", "--preset", "tiny", "--out", run).exit_code == 0
-    assert invoke("fuse-train", run, "--epochs", "2", "--cf-epochs", "5").exit_code == 0
-    return run
+def fused(fused_tiny):
+    return fused_tiny
 
 
 @pytest.fixture(scope="module")
