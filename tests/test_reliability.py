@@ -230,3 +230,10 @@ def test_resume_at_a_lower_learning_rate_is_allowed_and_recorded(trained, tmp_pa
     manifest = json.loads((run / "align" / "manifest.json").read_text())
     assert manifest["lr_override"] == {"from": 0.002, "to": 0.001, "after_epoch": 1}
     assert manifest["config"]["train"]["lr"] == 0.001
+
+
+def test_eval_without_embeddings_trains_no_baseline(fused_tiny, tmp_path):
+    run = _copy(fused_tiny, tmp_path)
+    err = _one_line_error(invoke("eval", run, "--compare", "sasrec"))
+    assert f"{run / 'embed' / 'manifest.json'}: missing" in err
+    assert not (run / "baselines").exists()

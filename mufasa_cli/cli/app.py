@@ -680,6 +680,7 @@ def eval_(
     from mufasa_cli import artifacts
 
     artifacts.check_writable(run / "eval" / protocol, force)
+    artifacts.read_manifest(run / "embed")  # MUFASA's embeddings first: no baseline trains for a run that lacks them
     names = [c.strip() for c in compare.split(",") if c.strip()]
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
