@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mufasa_cli.eval.run import eval_dir
+
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20")  # one target (loo); several (zero-shot): Recall@k
 
@@ -102,7 +104,7 @@ def run_seed(run: Path, seed: int, opts: argparse.Namespace, threads: int) -> di
             walls[name] = _mufasa(args, log, threads)
             stale = True  # everything downstream is redone too
     for protocol in opts.protocols:
-        metrics = run / "eval" / protocol / "metrics.json"
+        metrics = eval_dir(run, protocol, opts.keep_seen) / "metrics.json"
         if stale or not metrics.is_file() or not _covers(metrics, opts):
             args = ["eval", str(run), "--protocol", protocol, "--compare", opts.compare, *recipe, "--seed", str(seed)]
             args += ["--test", opts.test, "--format", "json", "--force", *(["--keep-seen"] if opts.keep_seen else [])]
@@ -197,8 +199,8 @@ def summarize(results: dict[int, dict], test: str) -> dict:
 
 
 def markdown(summary: dict, title: str) -> str:
-    from mufasa_cli.cli.render import emphasize, model_label
     from mufasa_cli.eval import DISPLAY_NAMES
+    from mufasa_cli.eval.tables import emphasize, model_label
 
     table = summary["models"]
     cols = summary["columns"]
@@ -317,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     summaries = {}
     for protocol in opts.protocols:
-        results = {s: json.loads((runs[s] / "eval" / protocol / "metrics.json").read_text()) for s in seeds}
+        results = {
+            s: json.loads((eval_dir(runs[s], protocol, opts.keep_seen) / "metrics.json").read_text()) for s in seeds
+        }
         summaries[protocol] = summarize(results, opts.test)
     summary = dict(summaries[opts.protocols[0]])  # the first protocol's at the top level, as before
     if len(opts.protocols) > 1:

@@ -260,7 +260,7 @@ def main() -> None:
     for protocol, m in result.items():
         hit = "HR" if "HR@10" in m else "Recall"
         rows = [("oracle", m)]
-        metrics = args.run / "eval" / protocol / "metrics.json"
+        metrics = args.run / "eval" / (f"{protocol}-keep-seen" if args.keep_seen else protocol) / "metrics.json"
         if args.compare and metrics.is_file():
             ev = json.loads(metrics.read_text())
             if ev["keep_seen"] == args.keep_seen:

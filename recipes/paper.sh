@@ -57,3 +57,4 @@ for protocol in "${protocols[@]}"; do                               # Table 2 (l
 done
 mufasa ablate "$run" "${recipes[@]}" --protocol "${protocols[-1]}" --jobs "${JOBS:-2}" "${ablations[@]}" --force \
   --history-len "${HISTORY_LEN:-30,full}" --attention sparse,full   # Tables 5 and 6
+mufasa report "$run" --format none                                  # every table (md, csv, tex) and plot, listed

@@ -602,6 +602,7 @@ class TableFormat(StrEnum):
     table = "table"
     md = "md"
     csv = "csv"
+    tex = "tex"
     json = "json"
 
 
@@ -643,7 +644,14 @@ def eval_(
         bool, typer.Option("--keep-seen", help="Score the user's earlier items too (RecBole's protocol).")
     ] = False,
     test: Annotated[str, typer.Option(help="Paired significance test: ttest or wilcoxon.")] = "ttest",
-    fmt: Annotated[TableFormat, typer.Option("--format", help="table, md, csv or json.")] = TableFormat.table,
+    fmt: Annotated[
+        TableFormat,
+        typer.Option(
+            "--format",
+            help="What stdout carries: the table (terminal), md, csv, tex (LaTeX, booktabs) or json. "
+            "The md, csv and tex files are written into the eval folder whatever this says.",
+        ),
+    ] = TableFormat.table,
     chunk: Annotated[int, typer.Option(help="Users scored at once (memory: chunk x items scores).")] = 1024,
     plot: Annotated[
         Path | None, typer.Option(help="Also write metric@k curves per model to this PNG (needs the `plot` extra).")
@@ -660,10 +668,12 @@ def eval_(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/eval/PROTOCOL.")] = False,
 ) -> None:
     """Evaluate MUFASA (RUN/embed) and baselines on one protocol; print the paper's table and
-    write RUN/eval/PROTOCOL/metrics.json with per-user metrics and p-values."""
+    write RUN/eval/PROTOCOL/ (PROTOCOL-keep-seen with --keep-seen): metrics.json with per-user
+    metrics and p-values, and tables.md, tables.csv, tables.tex."""
     _check_seed(seed)
     from mufasa_cli.eval.protocols import PROTOCOLS
-    from mufasa_cli.eval.run import BASELINES, TESTS, run_eval, write_eval
+    from mufasa_cli.eval.run import BASELINES, TESTS, eval_dir, run_eval, write_eval
+    from mufasa_cli.eval.tables import eval_table
 
     if protocol not in PROTOCOLS:
         raise MufasaError(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
@@ -679,7 +689,7 @@ def eval_(
         raise MufasaError(f"--chunk {chunk}: must be >= 1")
     from mufasa_cli import artifacts
 
-    artifacts.check_writable(run / "eval" / protocol, force)
+    artifacts.check_writable(eval_dir(run, protocol, keep_seen), force)
     artifacts.read_manifest(run / "embed")  # MUFASA's embeddings first: no baseline trains for a run that lacks them
     names = [c.strip() for c in compare.split(",") if c.strip()]
     unknown = [n for n in names if n not in BASELINES]
@@ -688,23 +698,25 @@ def eval_(
     with artifacts.run_lock(run, "eval"):
         cfg = _recipe(run, recipe, ("baselines",)) if names else None
         _discard_notice([run / "baselines" / f".{n}.ckpt" for n in names], resume)
-        _eval_locked(run, names, cfg, recipe, seed, device, retrain, resume, jobs, fmt)
+        _eval_locked(run, names, cfg, recipe, seed, device, retrain, resume, jobs)
         result = run_eval(
             run, protocol=protocol, compare=names, ks=ks, keep_seen=keep_seen, test=test, chunk=chunk, slices=slices
         )
         out_dir = write_eval(run, result, force)
-    render.eval_table(result, fmt.value)
-    if slices and fmt is not TableFormat.json:  # json: the slices are in the printed result
+    if fmt is TableFormat.json:
+        render.eval_json(result)
+    else:
+        render.print_tables([eval_table(result)], fmt.value)
+    if slices and fmt in (TableFormat.table, TableFormat.md, TableFormat.csv):  # json: in the result
         render.slice_table(result, fmt.value)
     if plot is not None:
         from mufasa_cli.eval.plot import plot_curves
 
-        render.out.print(f"wrote {plot_curves(result, plot)}", highlight=False)
-    if fmt is not TableFormat.json:
-        render.out.print(f"wrote {out_dir}", highlight=False)
+        render.err.print(f"wrote {plot_curves(result, plot)}", highlight=False)
+    render.err.print(f"wrote {out_dir} (metrics.json, tables.md, tables.csv, tables.tex)", highlight=False)
 
 
-def _eval_locked(run, names, cfg, recipe, seed, device, retrain, resume, jobs, fmt) -> dict[str, dict]:
+def _eval_locked(run, names, cfg, recipe, seed, device, retrain, resume, jobs) -> dict[str, dict]:
     """eval's baseline step (under the run lock): train what is missing, report it, record the recipe."""
     from mufasa_cli.eval.run import ensure_baselines
     from mufasa_cli.runtime.device import resolve_device
@@ -724,11 +736,10 @@ def _eval_locked(run, names, cfg, recipe, seed, device, retrain, resume, jobs, f
         )
     if recipe and names:
         _record_recipe(run, cfg, "baselines", "eval", True)
-    status = render.err if fmt is TableFormat.json else render.out  # json on stdout stays parseable
-    for name, manifest in trained.items():
+    for name, manifest in trained.items():  # on stderr: stdout carries the table only
         render.resume_notices(name, manifest)
         v = manifest["valid"]
-        status.print(
+        render.err.print(
             f"trained {name}: valid HR@10 {v['HR@10']:.4f}  NDCG@10 {v['NDCG@10']:.4f}  best epoch "
             f"{manifest['best_epoch']}/{manifest['epochs_run']}  ({manifest['wall_time_s']:.0f} s)",
             highlight=False,
@@ -784,6 +795,7 @@ def ablate(
     _check_seed(seed)
     from mufasa_cli.eval import ablate as ab
     from mufasa_cli.eval.protocols import PROTOCOLS
+    from mufasa_cli.eval.tables import ablation_files, ablation_tables
     from mufasa_cli.runtime.device import resolve_device
 
     if protocol not in PROTOCOLS:
@@ -823,16 +835,15 @@ def ablate(
         if seed is None:
             seed = ab.full_model_seed(run)
         table5, table6 = _ablate_locked(run, parts, cells, cfg, protocol, ks, seed, resolve_device(device), jobs)
-        tables = {
-            name: {label: r["models"]["mufasa"]["mean"] for label, r in rows}
-            for name, rows in (("table5", table5 if without else []), ("table6", table6))
-            if rows
-        }
-        artifacts.atomic_write_json(tables_file, {"protocol": protocol, **tables})
-    if without:
-        render.ablation_table("Table 5: ablations", table5, fmt.value)
-    if table6:
-        render.ablation_table("Table 6: history length x attention", table6, fmt.value)
+        record = ab.ablation_record(protocol, table5[0][1], table5 if without else [], table6)
+        artifacts.atomic_write_json(tables_file, record)
+        for ext, text in ablation_files(record).items():
+            artifacts.atomic_write_bytes(tables_file.with_suffix(f".{ext}"), text.encode())
+    if fmt is TableFormat.json:
+        render.out.print_json(data=record)
+    else:
+        render.print_tables(ablation_tables(record), fmt.value)
+    render.err.print(f"wrote {tables_file.with_suffix('.*')} (json, md, csv, tex)", highlight=False)
 
 
 def _ablate_locked(run, parts, cells, cfg, protocol, ks, seed, dev, jobs):
@@ -855,6 +866,59 @@ def _ablate_locked(run, parts, cells, cfg, protocol, ks, seed, dev, jobs):
     ]
     table6 = [(f"{n or 'full'} / {a}", evaluate(f)) for (n, a), f in zip(cells, folders[len(parts) :], strict=True)]
     return table5, table6
+
+
+class ReportFormat(StrEnum):
+    table = "table"
+    md = "md"
+    csv = "csv"
+    tex = "tex"
+    none = "none"
+
+
+@app.command()
+@_guarded
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder with finished evals (RUN/eval/*) or ablations.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for the files. (default: RUN/report)")] = None,
+    fmt: Annotated[
+        ReportFormat,
+        typer.Option("--format", help="What stdout carries: the tables (table, md, csv, tex), or none."),
+    ] = ReportFormat.table,
+    plots: Annotated[
+        bool,
+        typer.Option(
+            "--plots/--no-plots",
+            help="Also draw each eval's metric@k curves (curves.png; needs the `plot` extra, skipped with a "
+            "notice without it).",
+        ),
+    ] = True,
+) -> None:
+    """Render the tables and plots of every finished eval and ablate again from their saved metrics
+    (nothing is trained or scored): OUT/eval-PROTOCOL/ and OUT/ablate-PROTOCOL/ get tables.md,
+    tables.csv and tables.tex (byte-identical to the files eval and ablate wrote) and curves.png;
+    the paths are listed at the end."""
+    from mufasa_cli import artifacts
+    from mufasa_cli.eval.report import write_report
+
+    if not run.is_dir():
+        raise MufasaError(f"{run}: no such run folder")
+    if plots:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            render.notice_line("no plots: matplotlib is not installed (pip install 'mufasa-cli[plot]')")
+            plots = False
+    out_dir = out if out is not None else run / "report"
+    with artifacts.run_lock(run, "report"):
+        sections = write_report(run, out_dir, plots)
+    if fmt is not ReportFormat.none:
+        render.print_tables([t for s in sections for t in s.tables], fmt.value)
+    listing = render.err if fmt is not ReportFormat.none else render.out
+    for s in sections:
+        listing.print(f"{s.name} (from {s.source}):", highlight=False)
+        for path in s.written:
+            listing.print(f"  {path}", highlight=False, soft_wrap=True)
 
 
 def _parse_ks(k: str) -> list[int]:

@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from mufasa_cli.eval import DISPLAY_NAMES
+from mufasa_cli.eval.tables import TableData, emphasize, model_names, render_all, slices_csv, slices_markdown
 
 out = Console()
 err = Console(stderr=True)
@@ -309,191 +310,52 @@ def external_users(report: Mapping) -> None:
         )
 
 
-def table_columns(result: Mapping) -> list[str]:
-    """The paper's columns: Table 2 (HR/NDCG @10/@20) for one target, Table 3 (R@k) for several."""
-    ks = result["ks"]
-    if any(m.startswith("Recall@") for m in result["metrics"]):
-        return [f"Recall@{k}" for k in ks] + [f"NDCG@{k}" for k in ks if k in (10, 20)]
-    return [f"{m}@{k}" for k in ks if k in (10, 20) for m in ("HR", "NDCG")] or [f"HR@{ks[0]}", f"NDCG@{ks[0]}"]
+def print_tables(tables: list[TableData], fmt: str) -> None:
+    """Tables on stdout: rich tables with their footnotes (table), or the text of the files
+    eval, ablate and report write (md, csv, tex)."""
+    if fmt != "table":
+        out.print(render_all(tables, fmt), end="", markup=False, highlight=False, soft_wrap=True, emoji=False)
+        return
+    for n, t in enumerate(tables):
+        if n:
+            out.print()
+        table = Table(title=t.title, title_justify="left")
+        table.add_column(t.first)
+        for c in t.columns:
+            table.add_column(c, justify="right")
+        orders = [t.order(i) for i in range(len(t.columns))]
+        for r in t.rows:
+            cells = [
+                emphasize(f"{v:.4f}{m}", v, orders[i], "[bold]{}[/]", "[underline]{}[/]")
+                for i, (v, m) in enumerate(zip(r.values, r.marks, strict=True))
+            ]
+            table.add_row(escape(r.label), *cells)
+        out.print(table)
+        for note in t.footnotes:
+            out.print(note, highlight=False, soft_wrap=True, markup=False)
 
 
-def emphasize(text: str, value: float, ranks: list[float], bold: str, under: str) -> str:
-    """A table cell: `bold` for the column's best value, `under` for its second; ranks are the
-    column's distinct values, best first."""
-    if value == ranks[0]:
-        return bold.format(text)
-    if len(ranks) > 1 and value == ranks[1]:
-        return under.format(text)
-    return text
-
-
-def model_label(name: str, params: int) -> str:
-    return (
-        f"{DISPLAY_NAMES.get(name, name)}-{params / 1e6:.1f}M"
-        if params >= 50_000
-        else f"{DISPLAY_NAMES.get(name, name)}-{params / 1e6:.2f}M"
-    )
-
-
-def eval_rows(result: Mapping) -> tuple[list[str], list[tuple[str, list[float], list[bool]]]]:
-    """(columns, [(row label, values, significant?)]): `*` marks MUFASA's cells that beat the
-    strongest baseline with p < 0.05."""
-    cols = table_columns(result)
-    rows = []
-    for name, m in result["models"].items():
-        values = [m["mean"][c] for c in cols]
-        sig = [
-            name == "mufasa"
-            and result["strongest_baseline"] is not None
-            and result["p_values"].get(c, 1.0) < 0.05
-            and m["mean"][c] > result["models"][result["strongest_baseline"]]["mean"][c]
-            for c in cols
-        ]
-        rows.append((model_label(name, m["params"]), values, sig))
-    return cols, rows
-
-
-def eval_table(result: Mapping, fmt: str) -> None:
-    """Print the protocol's table: best bold, second underlined, `*` where significant."""
+def eval_json(result: Mapping) -> None:
     import json
 
-    cols, rows = eval_rows(result)
-    if fmt == "json":
-        out.print_json(json.dumps({k: v for k, v in result.items() if k not in ("per_user", "users")}))
-        return
-    order = {c: sorted({r[1][i] for r in rows}, reverse=True) for i, c in enumerate(cols)}
-
-    def cell(i: int, value: float, sig: bool, bold: str, under: str) -> str:
-        return emphasize(f"{value:.4f}{'*' if sig else ''}", value, order[cols[i]], bold, under)
-
-    split = ", global-time split" if result.get("split") == "global-time" else ""
-    title = f"{result['protocol']}{split}: {result['cases']:,} users, {result['pairs']:,} targets" + (
-        ", seen items kept" if result["keep_seen"] else ", seen items masked"
-    )
-    if fmt == "csv":
-        out.print("model," + ",".join(cols), highlight=False)
-        for label, values, sig in rows:
-            out.print(
-                label + "," + ",".join(f"{v:.6f}{'*' if s else ''}" for v, s in zip(values, sig, strict=True)),
-                highlight=False,
-            )
-        return
-    if fmt == "md":
-        header = f"{title}\n\n| Model | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols)
-        out.print(header, highlight=False, soft_wrap=True)
-        for label, values, sig in rows:
-            cells = [cell(i, v, s, "**{}**", "<u>{}</u>") for i, (v, s) in enumerate(zip(values, sig, strict=True))]
-            out.print(f"| {label} | " + " | ".join(cells) + " |", highlight=False, markup=False, soft_wrap=True)
-        return
-    t = Table(title=title, title_justify="left")
-    t.add_column("Model")
-    for c in cols:
-        t.add_column(c, justify="right")
-    for label, values, sig in rows:
-        t.add_row(
-            label,
-            *[
-                cell(i, v, s, "[bold]{}[/]", "[underline]{}[/]")
-                for i, (v, s) in enumerate(zip(values, sig, strict=True))
-            ],
-        )
-    out.print(t)
-    if result["strongest_baseline"]:
-        out.print(
-            f"* p < 0.05, paired {result['test']} of MUFASA against the strongest baseline "
-            f"({DISPLAY_NAMES.get(result['strongest_baseline'])}, by {result['main_metric']})",
-            highlight=False,
-            soft_wrap=True,
-        )
-    for name, why in result["skipped"].items():
-        out.print(f"{DISPLAY_NAMES.get(name, name)} not evaluated: {why}", highlight=False)
-
-
-def ablation_table(title: str, rows: list[tuple[str, Mapping]], fmt: str) -> None:
-    """Tables 5 and 6: one row per variant, the protocol's columns, best bold, second underlined."""
-    import json
-
-    cols = table_columns(rows[0][1])
-    values = [[r["models"]["mufasa"]["mean"][c] for c in cols] for _, r in rows]
-    if fmt == "json":
-        out.print_json(
-            json.dumps({label: dict(zip(cols, v, strict=True)) for (label, _), v in zip(rows, values, strict=True)})
-        )
-        return
-    if fmt == "csv":
-        out.print("variant," + ",".join(cols), highlight=False, soft_wrap=True)
-        for (label, _), v in zip(rows, values, strict=True):
-            out.print(label + "," + ",".join(f"{x:.6f}" for x in v), highlight=False, soft_wrap=True)
-        return
-    order = [sorted({v[i] for v in values}, reverse=True) for i in range(len(cols))]
-
-    def cell(i: int, x: float, bold: str, under: str) -> str:
-        return emphasize(f"{x:.4f}", x, order[i], bold, under)
-
-    protocol = rows[0][1]["protocol"]
-    if fmt == "md":
-        out.print(
-            f"{title} ({protocol})\n\n| Variant | " + " | ".join(cols) + " |\n|---|" + "---|" * len(cols),
-            highlight=False,
-            soft_wrap=True,
-        )
-        for (label, _), v in zip(rows, values, strict=True):
-            cells = [cell(i, x, "**{}**", "<u>{}</u>") for i, x in enumerate(v)]
-            out.print(f"| {label} | " + " | ".join(cells) + " |", highlight=False, markup=False, soft_wrap=True)
-        return
-    t = Table(title=f"{title} ({protocol})", title_justify="left")
-    t.add_column("Variant")
-    for c in cols:
-        t.add_column(c, justify="right")
-    for (label, _), v in zip(rows, values, strict=True):
-        t.add_row(escape(label), *[cell(i, x, "[bold]{}[/]", "[underline]{}[/]") for i, x in enumerate(v)])
-    out.print(t)
+    out.print_json(json.dumps({k: v for k, v in result.items() if k not in ("per_user", "users")}))
 
 
 def slice_table(result: Mapping, fmt: str) -> None:
     """eval --slices: the main metric per slice and model (terminal), or every metric per slice
     and model (md: the paper's columns, csv: every metric of metrics.json)."""
-    names = list(result["models"])
+    if fmt in ("md", "csv"):
+        text = slices_markdown(result) if fmt == "md" else slices_csv(result)
+        out.print("\n" + text if fmt == "md" else text, end="", markup=False, highlight=False, soft_wrap=True)
+        return
+    names = model_names(result)
     labels = [DISPLAY_NAMES.get(n, n) for n in names]
-    rows = result["slices"]
     seen = "seen items kept" if result["keep_seen"] else "seen items masked"
-    if fmt == "csv":
-        metrics = result["metrics"]
-        out.print("kind,slice,users,targets,model," + ",".join(metrics), highlight=False)
-        for r in rows:
-            for n, label in zip(names, labels, strict=True):
-                values = ",".join(f"{r['models'][n][m]:.6f}" for m in metrics)
-                out.print(f"{r['kind']},{r['name']},{r['cases']},{r['pairs']},{label},{values}", highlight=False)
-        return
-    if fmt == "md":
-        cols = table_columns(result)
-        out.print(
-            f"\n{result['protocol']} by slice ({seen})\n\n| Slice | Users | Targets | Model | "
-            + " | ".join(cols)
-            + " |\n|---|---|---|---|"
-            + "---|" * len(cols),
-            highlight=False,
-            soft_wrap=True,
-        )
-        for r in rows:
-            order = {c: sorted({r["models"][n][c] for n in names}, reverse=True) for c in cols}
-            for n, label in zip(names, labels, strict=True):
-                cells = [
-                    emphasize(f"{r['models'][n][c]:.4f}", r["models"][n][c], order[c], "**{}**", "<u>{}</u>")
-                    for c in cols
-                ]
-                out.print(
-                    f"| {r['kind']}: {r['name']} | {r['cases']} | {r['pairs']} | {label} | " + " | ".join(cells) + " |",
-                    highlight=False,
-                    markup=False,
-                    soft_wrap=True,
-                )
-        return
     main = result["main_metric"]
     t = Table(title=f"{result['protocol']} {main} by slice ({seen})", title_justify="left")
     for c in ("Slice", "Users", "Targets", *labels):
         t.add_column(c, justify="left" if c == "Slice" else "right", no_wrap=c == "Slice")
-    for r in rows:
+    for r in result["slices"]:
         values = [r["models"][n][main] for n in names]
         order = sorted(set(values), reverse=True)
         t.add_row(
@@ -503,7 +365,7 @@ def slice_table(result: Mapping, fmt: str) -> None:
             *[emphasize(f"{v:.4f}", v, order, "[bold]{}[/]", "[underline]{}[/]") for v in values],
         )
     out.print(t)
-    out.print("every metric per slice: metrics.json, or --format md / csv", highlight=False)
+    out.print("every metric per slice: slices.md / slices.csv beside metrics.json", highlight=False)
 
 
 def _slice_label(row: Mapping) -> str:

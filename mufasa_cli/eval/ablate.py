@@ -165,3 +165,28 @@ def check_ablations(withouts: list[str]) -> None:
     twice = sorted({x for x in withouts if withouts.count(x) > 1})
     if twice:
         raise MufasaError(f"--without {twice[0]!r}: named more than once")
+
+
+def ablation_record(protocol: str, full: dict, table5: list[tuple[str, dict]], table6: list[tuple[str, dict]]) -> dict:
+    """What RUN/ablate/tables-PROTOCOL.json holds, everything `mufasa report` needs: each row's
+    mean metrics, the full model's, and each row's two-sided paired t-test against the full
+    model over the same users (eval results of RUN and of each variant)."""
+    from mufasa_cli.eval.run import paired_p
+    from mufasa_cli.eval.tables import table_columns
+
+    cols = table_columns(full)
+    ours = full["per_user"]["mufasa"]
+
+    def p_values(result: dict) -> dict[str, float]:
+        theirs = result["per_user"]["mufasa"]
+        if result["users"] != full["users"]:  # not the same cases: no paired test
+            return {}
+        return {c: paired_p(np.asarray(theirs[c]), np.asarray(ours[c]), "ttest") for c in cols}
+
+    record: dict = {"protocol": protocol, "test": "ttest", "columns": cols, "full": full["models"]["mufasa"]["mean"]}
+    record["p_values"] = {}
+    for key, rows in (("table5", table5), ("table6", table6)):
+        if rows:
+            record[key] = {label: r["models"]["mufasa"]["mean"] for label, r in rows}
+            record["p_values"][key] = {label: p_values(r) for label, r in rows}
+    return record

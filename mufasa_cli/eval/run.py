@@ -255,6 +255,7 @@ def run_eval(
         "metrics": metrics,
         "main_metric": main,
         "models": {n: {"params": m["params"], "mean": means[n]} for n, m in models.items()},
+        "model_order": list(models),
         "skipped": skipped,
         "strongest_baseline": strongest,
         "test": test,
@@ -278,12 +279,22 @@ def train_counts(data_dir: Path) -> np.ndarray:
     return np.bincount(trained, minlength=num_items)
 
 
+def eval_dir(run_dir: Path, protocol: str, keep_seen: bool) -> Path:
+    """RUN/eval/PROTOCOL, or RUN/eval/PROTOCOL-keep-seen: masked and kept results side by side."""
+    return run_dir / "eval" / (f"{protocol}-keep-seen" if keep_seen else protocol)
+
+
 def write_eval(run_dir: Path, result: dict, force: bool) -> Path:
-    """RUN/eval/<protocol>/ with metrics.json (means, p-values and per-user arrays)."""
-    out = run_dir / "eval" / result["protocol"]
+    """RUN/eval/<protocol>[-keep-seen]/ with metrics.json (means, p-values and per-user arrays)
+    and the tables as tables.md, tables.csv and tables.tex (slices.md / slices.csv with slices)."""
+    from mufasa_cli.eval.tables import eval_files
+
+    out = eval_dir(run_dir, result["protocol"], result["keep_seen"])
     with artifacts.stage_writer(out, force=force) as tmp:
         # compact: the per-user arrays hold one number per case and metric
         artifacts.atomic_write_bytes(tmp / "metrics.json", json.dumps(result, sort_keys=True).encode() + b"\n")
+        for name, text in eval_files(result).items():
+            artifacts.atomic_write_bytes(tmp / name, text.encode())
         artifacts.write_manifest(
             tmp,
             stage="eval",

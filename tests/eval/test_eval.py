@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from mufasa_cli import artifacts
-from mufasa_cli.cli import render
+from mufasa_cli.eval import tables
 from mufasa_cli.eval.protocols import build_cases
 from tests.conftest import folder_digest, invoke
 
@@ -45,7 +45,7 @@ def test_cases_follow_the_protocols(embedded):
 def test_eval_loo_prints_table_2_and_writes_per_user_metrics(embedded):
     result = invoke("eval", embedded, "--compare", "lightgcn")
     assert result.exit_code == 0, result.output
-    for text in ("MUFASA-", "LightGCN-", "HR@10", "NDCG@20", "paired ttest"):
+    for text in ("MUFASA-", "LightGCN-", "HR@10", "NDCG@20", "paired t-test"):
         assert text in result.stdout
     m = json.loads((embedded / "eval/loo/metrics.json").read_text())
     assert set(m["models"]) == {"mufasa", "lightgcn"} and m["strongest_baseline"] == "lightgcn"
@@ -57,20 +57,26 @@ def test_eval_loo_prints_table_2_and_writes_per_user_metrics(embedded):
 def test_eval_zero_shot_prints_table_3_without_lightgcn(embedded):
     result = invoke("eval", embedded, "--protocol", "zero-shot", "--format", "csv", "--k", "5,10,100")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[0] == "model,Recall@5,Recall@10,Recall@100,NDCG@10"
+    header = "model,params,Recall@5,Recall@5 sig,Recall@10,Recall@10 sig,Recall@100,Recall@100 sig,NDCG@10,NDCG@10 sig"
+    assert result.stdout.splitlines()[0] == header
     assert "LightGCN not evaluated" not in result.stdout  # csv prints rows only
+    assert (embedded / "eval/zero-shot/tables.csv").read_text() == result.stdout  # the file is what stdout shows
     m = json.loads((embedded / "eval/zero-shot/metrics.json").read_text())
     assert list(m["models"]) == ["mufasa"] and "lightgcn" in m["skipped"]
 
 
 def test_keep_seen_changes_only_the_masking(embedded, tmp_path):
-    masked = json.loads((embedded / "eval/loo/metrics.json").read_text()) if (embedded / "eval/loo").exists() else None
+    if not (embedded / "eval/loo").exists():
+        assert invoke("eval", embedded, "--compare", "").exit_code == 0
+    before = folder_digest(embedded / "eval/loo")
+    masked = json.loads((embedded / "eval/loo/metrics.json").read_text())
     result = invoke("eval", embedded, "--keep-seen", "--compare", "", "--force", "--format", "json")
     assert result.exit_code == 0, result.output
-    kept = json.loads((embedded / "eval/loo/metrics.json").read_text())
+    kept = json.loads((embedded / "eval/loo-keep-seen/metrics.json").read_text())  # beside the masked results
     assert kept["keep_seen"] and list(kept["models"]) == ["mufasa"]
-    if masked is not None:  # scoring seen items can only push targets down
-        assert kept["models"]["mufasa"]["mean"]["MRR"] <= masked["models"]["mufasa"]["mean"]["MRR"] + 1e-12
+    assert folder_digest(embedded / "eval/loo") == before
+    # scoring seen items can only push targets down
+    assert kept["models"]["mufasa"]["mean"]["MRR"] <= masked["models"]["mufasa"]["mean"]["MRR"] + 1e-12
 
 
 @pytest.mark.parametrize(
@@ -108,13 +114,23 @@ def test_table_marks_best_bold_second_underlined_and_significance(capsys):
         "test": "ttest",
         "p_values": {"HR@10": 0.01, "NDCG@10": 0.2, "HR@20": 0.001, "NDCG@20": 0.001},
     }
-    render.eval_table(result, "md")
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    result["model_order"] = ["mufasa", "lightgcn", "sasrec"]
+    t = tables.eval_table(result)
+    md = tables.to_markdown(t)
+    lines = [line for line in md.splitlines() if line.startswith("| ")]
     assert lines[0] == "| Model | HR@10 | NDCG@10 | HR@20 | NDCG@20 |"
-    # HR@10: significant and best; NDCG@10: best, not significant; HR@20 / NDCG@20: MUFASA worse -> no star
-    assert lines[1] == "| MUFASA-0.3M | **0.5000*** | **0.3000** | 0.6000 | 0.1000 |"
+    # HR@10: significantly better and best (*); NDCG@10: best, not significant; HR@20 / NDCG@20:
+    # significantly worse than the strongest baseline (†)
+    assert lines[1] == "| MUFASA-0.3M | **0.5000*** | **0.3000** | 0.6000† | 0.1000† |"
     assert lines[2] == "| LightGCN-0.5M | <u>0.4000</u> | <u>0.2000</u> | **0.7000** | **0.3000** |"
     assert lines[3] == "| SASRec-0.02M | 0.1000 | 0.1000 | <u>0.6500</u> | <u>0.2000</u> |"
+    assert "* / †: MUFASA significantly better / worse (p < 0.05, two-sided paired t-test" in md
+    csv_lines = tables.to_csv(t).splitlines()
+    assert csv_lines[0] == "model,params,HR@10,HR@10 sig,NDCG@10,NDCG@10 sig,HR@20,HR@20 sig,NDCG@20,NDCG@20 sig"
+    assert csv_lines[1] == "MUFASA-0.3M,300000,0.500000,*,0.300000,,0.600000,†,0.100000,†"
+    tex = tables.to_latex(t)
+    assert r"MUFASA-0.3M & \textbf{0.5000}$^{*}$ & \textbf{0.3000} & 0.6000$^{\dagger}$ & 0.1000$^{\dagger}$ \\" in tex
+    assert r"\toprule" in tex and r"\underline{0.4000}" in tex and r"\bottomrule" in tex
 
 
 def test_compare_sasrec_trains_once_and_caches(embedded, tmp_path):
@@ -122,7 +138,7 @@ def test_compare_sasrec_trains_once_and_caches(embedded, tmp_path):
     recipe.write_text("baselines:\n  sasrec: {max_len: 10, train: {epochs: 3, batch_size: 16}}\n")
     first = invoke("eval", embedded, "--compare", "sasrec", "--recipe", recipe, "--force")
     assert first.exit_code == 0, first.output
-    assert "trained sasrec" in first.stdout and "SASRec-" in first.stdout
+    assert "trained sasrec" in first.stderr and "SASRec-" in first.stdout  # logs on stderr, the table on stdout
     m = artifacts.read_manifest(embedded / "baselines/sasrec")
     assert m["epochs_run"] == 3 and m["config"]["max_len"] == 10
     again = invoke(
@@ -139,13 +155,13 @@ def test_compare_sasrec_trains_once_and_caches(embedded, tmp_path):
         "csv",
     )
     assert again.exit_code == 0, again.output
-    assert "trained sasrec" not in again.stdout and "SASRec-" in again.stdout  # inductive: zero-shot users too
+    assert "trained sasrec" not in again.output and "SASRec-" in again.stdout  # inductive: zero-shot users too
     # no --recipe: the recipe the run recorded (the one above), so the cache still fits
     same = invoke("eval", embedded, "--compare", "sasrec", "--force")
-    assert same.exit_code == 0 and "trained sasrec" not in same.stdout
+    assert same.exit_code == 0 and "trained sasrec" not in same.output
     recipe.write_text("baselines:\n  sasrec: {max_len: 12, train: {epochs: 2, batch_size: 16}}\n")
     other = invoke("eval", embedded, "--compare", "sasrec", "--force", "--recipe", recipe)  # another config
-    assert other.exit_code == 0 and "trained sasrec" in other.stdout
+    assert other.exit_code == 0 and "trained sasrec" in other.stderr
     assert "replaces the baselines settings" in other.stderr
 
 
