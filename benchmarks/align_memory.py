@@ -48,7 +48,7 @@ def one_point(run: Path, max_len: int, objective: str, batch: int | None) -> dic
     del seqs
     marks: dict[str, float | None] = {}
 
-    def on_step(name, epoch, step, steps, losses):
+    def on_step(name, epoch, epochs, step, steps, losses):
         if "start" not in marks:  # the first step: data loaded, model built; training memory from here
             marks["start"] = _reset_peak()
 

@@ -75,3 +75,48 @@ def test_missing_text_extra_says_how_to_install(tmp_path, monkeypatch):
     result = invoke("prepare", "synthetic", "--preset", "tiny", "--text-encoder", "minilm", "--out", tmp_path / "r")
     assert result.exit_code == 2
     assert "pip install 'mufasa-cli[text]'" in result.stderr
+
+
+COMMANDS = ("prepare", "fuse-train", "align-train", "embed", "eval", "ablate", "report")
+
+
+def _help(*args):
+    from typer.testing import CliRunner
+
+    from mufasa_cli.cli.app import app
+
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "100", "TERM": "dumb"})
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def test_help_shows_values_not_python_types_and_one_default_style():
+    import re
+
+    for command in COMMANDS:
+        text = _help(command)
+        for leak in ("<bool>  ", "<list[", "<str>", "<int>", "<float>", "(default:"):
+            options = [line for line in text.splitlines() if line.startswith("│ --") and "--help" not in line]
+            rows = [line for line in options if leak in line]
+            assert not rows, (command, leak, rows)
+    align = _help("align-train")
+    assert re.search(r"--objective\s+last\|all", align) and re.search(r"--kernel\s+auto\|fast\|reference\|flex", align)
+    assert "[default: (recipe)]" in align  # --epochs, --lr: the recipe's value
+    assert re.search(r"--protocol\s+loo\|zero-shot\|cold-start", _help("eval"))
+    assert re.search(r"--format\s+table\|md\|csv\|tex\|json", _help("eval"))
+
+
+def test_the_command_list_reads_in_80_columns():
+    from typer.testing import CliRunner
+
+    from mufasa_cli.cli.app import app
+
+    text = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "80", "TERM": "dumb"}).stdout
+    listed = [line for line in text.splitlines() if any(f"│ {c} " in line for c in COMMANDS)]
+    assert len(listed) == len(COMMANDS)
+    assert all(len(line) <= 80 for line in text.splitlines())
+
+
+def test_prepare_without_a_dataset_prints_its_usage():
+    result = invoke("prepare")
+    assert result.exit_code == 2 and "Usage: mufasa prepare" in result.output and "Missing argument" in result.output

@@ -237,3 +237,45 @@ def test_eval_without_embeddings_trains_no_baseline(fused_tiny, tmp_path):
     err = _one_line_error(invoke("eval", run, "--compare", "sasrec"))
     assert f"{run / 'embed' / 'manifest.json'}: missing" in err
     assert not (run / "baselines").exists()
+
+
+def test_progress_without_a_terminal_is_one_line_per_epoch(trained, tmp_path):
+    run = _copy(trained[0], tmp_path)
+    result = invoke("align-train", run, "--epochs", "3", "--force")  # CliRunner: stderr is no terminal
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("sal epoch")]
+    assert [line.split(":")[0].split(" softmax")[0] for line in lines] == [
+        "sal epoch 1/3",
+        "sal epoch 2/3",
+        "sal epoch 3/3",
+    ]
+    assert all("elapsed, about" in line and "left" in line for line in lines)
+
+
+def test_fuse_train_flags_an_epoch_cap_reached_while_improving(trained, tmp_path):
+    run = _copy(trained[0], tmp_path)
+    result = invoke("fuse-train", run, "--epochs", "1", "--cf-epochs", "2", "--force")
+    assert result.exit_code == 0, result.output
+    assert "the MFL reached its epoch cap (1) while validation still improved" in result.stderr
+
+
+def test_ablate_defaults_to_loo_without_zero_shot_users_and_takes_comma_lists(tmp_path):
+    src = tmp_path / "c"
+    inter = "user,item\n" + "".join(f"u{u},i{(u * 3 + i) % 12}\n" for u in range(20) for i in range(6))
+    write(src / "inter.csv", inter)
+    write(src / "schema.yaml", "interactions: {path: inter.csv, user: user, item: item}\nfeatures: {f: f.npy}\n")
+    import numpy as np
+
+    np.save(src / "f.npy", np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32))
+    np.save(src / "f.ids.npy", np.array([f"i{i}" for i in range(12)]))
+    run = tmp_path / "run"
+    assert invoke("prepare", "custom", "--source", src, "--out", run, "--text-encoder", "none").exit_code == 0
+    assert invoke("fuse-train", run, "--epochs", "1", "--cf-epochs", "2").exit_code == 0
+    assert invoke("align-train", run, "--epochs", "1").exit_code == 0
+    assert invoke("embed", run).exit_code == 0
+    zero = invoke("eval", run, "--protocol", "zero-shot", "--compare", "")
+    assert "the run has no zero-shot users (prepare --zero-shot-users N); use --protocol loo" in _one_line_error(zero)
+    result = invoke("ablate", run, "--without", "window,block", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    assert (run / "ablate" / "tables-loo.json").is_file() and (run / "ablate" / "w-o-block").is_dir()
+    assert "w/o window attention" in result.stdout and "w/o block attention" in result.stdout

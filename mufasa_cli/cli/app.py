@@ -173,8 +173,10 @@ class Split(StrEnum):
 def prepare(
     dataset: Annotated[
         str,
-        typer.Argument(help="synthetic (alias mixed-genre), microlens, movielens, recbole or custom."),
-    ] = "synthetic",
+        typer.Argument(
+            help="synthetic (alias mixed-genre), microlens, movielens, recbole or custom.", show_default=False
+        ),
+    ],
     out: Annotated[
         Path | None, typer.Option("--out", help="Run folder; data/ is written inside it. (default: runs/DATASET)")
     ] = None,
@@ -232,7 +234,10 @@ def prepare(
     ] = "0.8,0.9",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/data.")] = False,
 ) -> None:
-    """Read a dataset, split it, embed titles, and write RUN/data/ (items, interactions, users, features)."""
+    """Read a dataset into RUN/data/ and print Table 1.
+
+    Deduplicates, filters short users, splits, embeds titles and writes items, interactions,
+    users and features."""
     from mufasa_cli.config import PrepareConfig, canonical_dataset
     from mufasa_cli.data.prepare import resolve_text_encoder, run
 
@@ -260,6 +265,8 @@ def prepare(
     run_dir = out if out is not None else Path("runs") / name
     with run_lock(run_dir, "prepare", create=True), render.progress() as on_progress:
         manifest, prepared = run(cfg, run_dir, force=force, on_progress=on_progress)
+    for message in prepared.counts.get("warnings", []):
+        render.warning_line(message)
     label = dataset if name != "synthetic" else f"synthetic ({cfg.preset or 'default'})"
     render.prepare_summary(label, prepared.counts, manifest)
     render.out.print(f"wrote {run_dir / 'data'}")
@@ -287,7 +294,8 @@ def fuse_train(
         typer.Option(help="a,b,c,d: weights of L_title, L_cf, L_cons, L_fus-cl (eq. 5). (default: 0.5,0.25,0.15,0.1)"),
     ] = None,
     without: Annotated[
-        list[str] | None, typer.Option(help="Switch a loss off: title, cf, cons or fuscl (repeatable).")
+        list[str] | None,
+        typer.Option(help="Switch a loss off: title, cf, cons or fuscl (repeatable, or comma-separated)."),
     ] = None,
     tau: Annotated[float | None, typer.Option(help="Temperature of eqs. 1 and 4.")] = None,
     sigma: Annotated[float | None, typer.Option(help="Std of the Gaussian perturbation in eq. 4.")] = None,
@@ -304,7 +312,9 @@ def fuse_train(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/fuse.")] = False,
 ) -> None:
-    """Train LightGCN CF embeddings and the Multimodal Fusion Layer; write RUN/fuse/ (z for every item)."""
+    """Train LightGCN and the Multimodal Fusion Layer into RUN/fuse/.
+
+    Writes the fused vector z of every item, the losses and the fusion diagnostics."""
     _check_seed(seed)
     import dataclasses
 
@@ -321,7 +331,7 @@ def fuse_train(
         # how many is the config's check (with its own message)
         changes["loss_weights"] = _parse_floats(loss_weights, "--loss-weights", "0.5,0.25,0.15,0.1")
     for key, value in (
-        ("without", tuple(without) if without else None),
+        ("without", tuple(_comma_list(without)) if without else None),
         ("tau", tau),
         ("sigma", sigma),
         ("modality_dropout", modality_dropout),
@@ -400,9 +410,10 @@ def align_train(
     ] = None,
     attention: Annotated[str | None, typer.Option(help="sparse (window + block + selective), full or mean.")] = None,
     without: Annotated[
-        list[str] | None, typer.Option(help="Drop a branch: window, block or selective (repeatable).")
+        list[str] | None,
+        typer.Option(help="Drop a branch: window, block or selective (repeatable, or comma-separated)."),
     ] = None,
-    max_len: Annotated[int | None, typer.Option(help="Keep each history's most recent N items (default 1024).")] = None,
+    max_len: Annotated[int | None, typer.Option(help="Keep each history's most recent N items.")] = None,
     block_size: Annotated[int | None, typer.Option(help="b: items per interest block.")] = None,
     num_selected: Annotated[int | None, typer.Option(help="k: blocks attended item by item.")] = None,
     window: Annotated[
@@ -474,7 +485,9 @@ def align_train(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/align.")] = False,
 ) -> None:
-    """Train the Sparse Attention-based Alignment Layer on the MFL vectors; write RUN/align/."""
+    """Train the Sparse Attention-based Alignment Layer into RUN/align/.
+
+    Reads the MFL vectors of RUN/fuse; early-stops on validation NDCG@10."""
     _check_seed(seed)
     import dataclasses
 
@@ -488,7 +501,7 @@ def align_train(
         cfg.sal,
         objective=objective,
         attention=attention,
-        without=tuple(without) if without else None,
+        without=tuple(_comma_list(without)) if without else None,
         max_len=max_len,
         block_size=block_size,
         num_selected=num_selected,
@@ -571,8 +584,10 @@ def embed(
     kernel: Annotated[str, typer.Option(help=KERNEL_HELP)] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/embed.")] = False,
 ) -> None:
-    """Write user embeddings (train users up to their test target, zero-shot users without their targets, --users
-    sequences) and item embeddings for every item to RUN/embed/; or, with --explain, show one user's attention."""
+    """Write user and item embeddings into RUN/embed/, or explain one user.
+
+    Train users are embedded up to their test target, zero-shot users without their targets,
+    --users sequences as given; every item gets a vector. --explain shows one user's attention."""
     from mufasa_cli.runtime import dist
     from mufasa_cli.runtime.device import resolve_device
     from mufasa_cli.sal import train as sal_train
@@ -667,9 +682,10 @@ def eval_(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing RUN/eval/PROTOCOL.")] = False,
 ) -> None:
-    """Evaluate MUFASA (RUN/embed) and baselines on one protocol; print the paper's table and
-    write RUN/eval/PROTOCOL/ (PROTOCOL-keep-seen with --keep-seen): metrics.json with per-user
-    metrics and p-values, and tables.md, tables.csv, tables.tex."""
+    """Evaluate MUFASA and baselines into RUN/eval/PROTOCOL/ (Tables 2, 3).
+
+    Writes metrics.json (per-user metrics, p-values) and tables.md, tables.csv, tables.tex;
+    with --keep-seen into RUN/eval/PROTOCOL-keep-seen/."""
     _check_seed(seed)
     from mufasa_cli.eval.protocols import PROTOCOLS
     from mufasa_cli.eval.run import BASELINES, TESTS, eval_dir, run_eval, write_eval
@@ -759,7 +775,7 @@ def ablate(
     without: Annotated[
         list[str] | None,
         typer.Option(
-            help="A part to remove (repeatable): mfl, sal, window, block, selective, title, cf, cons, fuscl. "
+            help="A part to remove (repeatable, or comma-separated): mfl, sal, window, block, selective, title, cf, cons, fuscl. "
             "Prints Table 5."
         ),
     ] = None,
@@ -770,7 +786,12 @@ def ablate(
     attention: Annotated[
         str, typer.Option(help="Table 6: attention kinds, comma-separated (sparse,full).")
     ] = "sparse,full",
-    protocol: Annotated[str, typer.Option(help="loo, zero-shot or cold-start.")] = "zero-shot",
+    protocol: Annotated[
+        str | None,
+        typer.Option(
+            help="loo, zero-shot or cold-start. (default: zero-shot, as the paper, when the run has zero-shot users, else loo)"
+        ),
+    ] = None,
     k: Annotated[str, typer.Option("--k", help="Cut-offs, comma-separated.")] = "5,10,20,50,100",
     recipe: Annotated[
         list[Path] | None,
@@ -789,18 +810,22 @@ def ablate(
         bool, typer.Option("--force", help="Replace existing RUN/ablate variants and RUN/ablate/tables-PROTOCOL.json.")
     ] = False,
 ) -> None:
-    """Re-run only the stages each removed part touches (RUN/ablate/VARIANT/), evaluate every
-    variant with the same protocol as the full model, and print Table 5 (--without) and/or
-    Table 6 (--history-len with --attention)."""
+    """Train and evaluate ablation variants into RUN/ablate/ (Tables 5, 6).
+
+    Each variant re-runs only the stages its removed part touches (RUN/ablate/VARIANT/) and is
+    evaluated with the same protocol as the full model, each row tested against it."""
     _check_seed(seed)
     from mufasa_cli.eval import ablate as ab
     from mufasa_cli.eval.protocols import PROTOCOLS
     from mufasa_cli.eval.tables import ablation_files, ablation_tables
     from mufasa_cli.runtime.device import resolve_device
 
+    if protocol is None:
+        protocol = ab.default_protocol(run)
     if protocol not in PROTOCOLS:
         raise MufasaError(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
     ks = _parse_ks(k)
+    without = _comma_list(without)
     if not without and not history_len:
         raise MufasaError("name --without parts (Table 5) or --history-len (Table 6)")
     if without:
@@ -894,10 +919,11 @@ def report(
         ),
     ] = True,
 ) -> None:
-    """Render the tables and plots of every finished eval and ablate again from their saved metrics
-    (nothing is trained or scored): OUT/eval-PROTOCOL/ and OUT/ablate-PROTOCOL/ get tables.md,
-    tables.csv and tables.tex (byte-identical to the files eval and ablate wrote) and curves.png;
-    the paths are listed at the end."""
+    """Render every finished eval and ablate again, from saved metrics only.
+
+    OUT/eval-PROTOCOL/ and OUT/ablate-PROTOCOL/ get tables.md, tables.csv and tables.tex
+    (byte-identical to the files eval and ablate wrote) and curves.png; nothing is trained or
+    scored; the paths are listed at the end."""
     from mufasa_cli import artifacts
     from mufasa_cli.eval.report import write_report
 
@@ -919,6 +945,11 @@ def report(
         listing.print(f"{s.name} (from {s.source}):", highlight=False)
         for path in s.written:
             listing.print(f"  {path}", highlight=False, soft_wrap=True)
+
+
+def _comma_list(values: list[str] | None) -> list[str]:
+    """A repeatable flag's values, each of which may also be a comma-separated list."""
+    return [x.strip() for v in values or [] for x in v.split(",") if x.strip()]
 
 
 def _parse_ks(k: str) -> list[int]:
@@ -951,3 +982,70 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# ---------------------------------------------------------------- help texts, one style
+
+CHOICES = {  # str options whose values the code checks: listed in --help like Enum choices
+    "protocol": "loo|zero-shot|cold-start",
+    "attention": "sparse|full|mean",
+    "kernel": "auto|fast|reference|flex",
+    "device": "auto|cpu|cuda",
+    "objective": "last|all",
+    "selection": "query|query_block",
+    "test": "ttest|wilcoxon",
+}
+METAVARS = {int: "INT", float: "FLOAT", str: "TEXT", Path: "PATH"}
+
+
+def _tidy_help(app: typer.Typer) -> None:
+    """One style for every command's --help: flags show no type, every option with values shows
+    them (choices as a|b|c, else INT, FLOAT, TEXT, PATH), every default appears once as
+    [default: X] (a computed one as given in the help text's '(default: X)', a recipe setting
+    as 'recipe')."""
+    import inspect
+    import re
+    import typing
+
+    from typer.models import ArgumentInfo, OptionInfo
+
+    for command in [*app.registered_commands, app.registered_callback]:
+        fn = command.callback
+        hints = typing.get_type_hints(fn, include_extras=True)
+        signature = inspect.signature(fn)
+        takes_recipe = "recipe" in signature.parameters
+        for name, param in signature.parameters.items():
+            hint = hints.get(name)
+            if typing.get_origin(hint) is not typing.Annotated:
+                continue
+            base, *meta = typing.get_args(hint)
+            info = next((m for m in meta if isinstance(m, OptionInfo | ArgumentInfo)), None)
+            if info is None:
+                continue
+            inner = [a for a in typing.get_args(base) if a is not type(None)] or [base]
+            inner = typing.get_args(inner[0]) or inner if typing.get_origin(inner[0]) is list else inner
+            kind = inner[0]
+            if info.metavar is None and isinstance(info, ArgumentInfo):
+                info.metavar = name.upper()
+            if info.metavar is None:
+                if kind is bool:
+                    info.metavar = ""
+                elif name in CHOICES:
+                    info.metavar = CHOICES[name]
+                elif isinstance(kind, type) and issubclass(kind, StrEnum):
+                    info.metavar = "|".join(e.value for e in kind)
+                else:
+                    info.metavar = METAVARS.get(kind, "TEXT")
+            for f in {fn, inspect.unwrap(fn)}:  # Typer reads these evaluated objects, not the strings
+                f.__annotations__[name] = hint
+            given = re.search(r"\s*\(default: ([^)]*(?:\([^)]*\)[^)]*)*)\)\s*$", info.help or "")
+            if given:
+                info.help = info.help[: given.start()].rstrip()
+                info.show_default = given.group(1)
+            elif param.default is None and kind is not bool and isinstance(info, OptionInfo):
+                info.show_default = (
+                    "recipe" if takes_recipe and name not in ("recipe", "users", "explain", "plot", "out") else "none"
+                )
+
+
+_tidy_help(app)

@@ -49,9 +49,15 @@ def resume_notices(label: str, summary: Mapping) -> None:
 
 @contextlib.contextmanager
 def progress() -> Iterator[Callable[..., None]]:
-    """Yield on_progress(task, done, total, text=None): one bar per task, on stderr, started on
-    the first report (so a stage that fails early prints nothing but its error). `text`
-    replaces the bar's label, for running numbers such as losses."""
+    """Yield on_progress(task, done, total, text=None, boundary=False): one bar per task, on
+    stderr, started on the first report (so a stage that fails early prints nothing but its
+    error). `text` replaces the bar's label, for running numbers such as losses. When stderr is
+    not a terminal (a log file, a pipe) there are no bars: one line per `boundary` report (a
+    training's epoch) or per tenth of the task, with the elapsed time and an estimate of the
+    rest."""
+    if not err.is_terminal:
+        yield _line_progress()
+        return
     bars = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -63,7 +69,7 @@ def progress() -> Iterator[Callable[..., None]]:
     )
     tasks: dict[str, int] = {}
 
-    def on_progress(name: str, done: int, total: int, text: str | None = None) -> None:
+    def on_progress(name: str, done: int, total: int, text: str | None = None, boundary: bool = False) -> None:
         if not show_progress:
             return
         if not tasks:
@@ -77,6 +83,41 @@ def progress() -> Iterator[Callable[..., None]]:
     finally:
         if tasks:
             bars.stop()
+
+
+def _line_progress() -> Callable[..., None]:
+    """on_progress for a stderr that is not a terminal: plain lines, never more than one per
+    tenth of a task unless the caller marks a boundary."""
+    import time
+
+    started: dict[str, float] = {}
+    shown: dict[str, int] = {}
+
+    def on_progress(name: str, done: int, total: int, text: str | None = None, boundary: bool = False) -> None:
+        if not show_progress or total <= 0:
+            return
+        now = time.monotonic()
+        t0 = started.setdefault(name, now)
+        tenth = done * 10 // total
+        if not boundary and done < total and tenth <= shown.get(name, 0):
+            return
+        shown[name] = tenth
+        elapsed = now - t0
+        eta = elapsed / done * (total - done) if done else 0.0
+        err.print(
+            f"{text or name}: {done:,}/{total:,} ({100 * done / total:.0f}%), {_clock(elapsed)} elapsed, "
+            f"about {_clock(eta)} left",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+    return on_progress
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}"
 
 
 def _int(n: object) -> str:
@@ -166,12 +207,15 @@ def prepare_summary(dataset: str, counts: Mapping, manifest: Mapping) -> None:
     out.print(sp)
 
 
-def training_progress(on_progress: Callable[[str, int, int], None]) -> Callable:
-    """on_step(name, epoch, step, steps, losses) for runtime.loop.fit, drawn as one bar per trainer."""
+def training_progress(on_progress: Callable[..., None]) -> Callable:
+    """on_step for runtime.loop.fit, drawn as one bar per trainer over all its epochs (the cap:
+    early stopping may end it sooner, so the estimate is an upper bound)."""
 
-    def on_step(name: str, epoch: int, step: int, steps: int, losses: Mapping[str, float]) -> None:
+    def on_step(name: str, epoch: int, epochs: int, step: int, steps: int, losses: Mapping[str, float]) -> None:
         shown = " ".join(f"{k}={v:.3f}" for k, v in losses.items())
-        on_progress(name, step, steps, f"{name} epoch {epoch + 1} {shown}")
+        on_progress(
+            name, epoch * steps + step, epochs * steps, f"{name} epoch {epoch + 1}/{epochs} {shown}", step == steps
+        )
 
     return on_step
 
@@ -184,6 +228,13 @@ def fuse_summary(manifest: Mapping) -> None:
     cf, mfl, diag = manifest["cf"], manifest["mfl"], manifest["diagnostics"]
     resume_notices("LightGCN", cf)
     resume_notices("MFL", mfl)
+    for label, part, key in (("LightGCN", cf, "fuse.cf.train.epochs"), ("the MFL", mfl, "fuse.mfl.train.epochs")):
+        if part.get("improving_at_cap"):
+            warning_line(
+                f"{label} reached its epoch cap ({part['epochs_run']}) while validation still improved: it may be "
+                f"under-trained; raise {key} in the recipe"
+                + (" or --epochs" if label == "the MFL" else " or --cf-epochs")
+            )
     src = f" (reused {cf['reused_from']})" if "reused_from" in cf else ""
     out.print(
         f"LightGCN{src}: valid HR@10 {cf['valid_hr@10']:.4f}  NDCG@10 {cf['valid_ndcg@10']:.4f}  "

@@ -284,6 +284,10 @@ def build(
             raise RecipeError("this source has no generated title vectors")
         anchor, _ = _aligned(raw.title_vectors.ids, raw.title_vectors.values, index, N)
         title_name = "synthetic"
+    elif cfg.text_encoder == "minilm" and not has_title.any():
+        counts.setdefault("warnings", []).append(
+            "no item has a title: no title anchor, so the MFL's title losses are off (as with --text-encoder none)"
+        )
     elif cfg.text_encoder == "minilm":
         assert encoder is not None
         anchor = np.zeros((N, encoder.dim), dtype=np.float32)

@@ -47,6 +47,18 @@ def history_variant_name(history_len: int | None, attention: str) -> str:
     return f"len-{history_len or 'full'}-{attention}"
 
 
+def default_protocol(run_dir: Path) -> str:
+    """zero-shot (the paper's Table 5) when the run holds zero-shot users, else loo (real data
+    is prepared without them unless --zero-shot-users asks)."""
+    from mufasa_cli.data import schema
+
+    try:
+        users = artifacts.load_table(run_dir / "data" / schema.USERS_FILE, schema.USER_COLUMNS)
+    except MufasaError:
+        return "zero-shot"  # the stage reports what is missing
+    return "zero-shot" if (users["role"] == "zero_shot").any() else "loo"
+
+
 def full_model_seed(run_dir: Path) -> int:
     """The seed RUN/align was trained with (the variants train with it too), else 0."""
     try:

@@ -218,7 +218,11 @@ def run_eval(
     split = data_manifest.get("config", {}).get("split", "loo")
     cases = build_cases(data_dir, protocol)
     if not len(cases):
-        raise MufasaError(f"{data_dir}: no {protocol} case (no user with a target for this protocol)")
+        hint = {
+            "zero-shot": "the run has no zero-shot users (prepare --zero-shot-users N); use --protocol loo",
+            "cold-start": "no test target is a cold item (prepare --cold-items F); use --protocol loo",
+        }.get(protocol, "no user with a target for this protocol")
+        raise MufasaError(f"{data_dir}: no {protocol} case: {hint}")
     models: dict[str, dict] = {}
     loaders = {
         "mufasa": mufasa_vectors,

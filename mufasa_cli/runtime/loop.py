@@ -37,7 +37,7 @@ from mufasa_cli.config import TrainConfig
 from mufasa_cli.errors import MufasaError
 from mufasa_cli.runtime import dist
 
-OnStep = Callable[[str, int, int, int, dict[str, float]], None]  # (name, epoch, step, steps, losses)
+OnStep = Callable[[str, int, int, int, int, dict[str, float]], None]  # (name, epoch, epochs, step, steps, losses)
 
 
 class TrainingDiverged(MufasaError):
@@ -252,7 +252,7 @@ def fit(
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             if on_step is not None:
-                on_step(name, epoch, step + 1, steps_per_epoch, {k: v / n for k, v in sums.items()})
+                on_step(name, epoch, cfg.epochs, step + 1, steps_per_epoch, {k: v / n for k, v in sums.items()})
         row = {"epoch": epoch, **{k: v / max(n, 1) for k, v in sums.items()}, "lr": sched.get_last_lr()[0]}
         evaluate = validate is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs)
         if evaluate:

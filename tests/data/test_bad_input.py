@@ -268,3 +268,20 @@ def test_negative_prepare_seed(tmp_path):
         invoke("prepare", "synthetic", "--preset", "tiny", "--seed", "-1", "--out", tmp_path / "r"),
         "--seed -1: must be >= 0",
     )
+
+
+def test_no_titles_at_all_warns_and_turns_the_anchor_off(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    inter = "user,item\n" + "".join(f"u{u},i{(i + u) % 5}\n" for u in range(6) for i in range(4))
+    src = _custom(
+        tmp_path,
+        "interactions: {path: inter.csv, user: user, item: item}\nitems: {path: items.csv, item: item, title: title}\n",
+        inter,
+    )
+    write(src / "items.csv", "item,title\n" + "".join(f"i{i},\n" for i in range(5)))
+    result = invoke("prepare", "custom", "--source", src, "--out", tmp_path / "r", "--text-encoder", "minilm")
+    assert result.exit_code == 0, result.output
+    assert "warning: no item has a title: no title anchor" in result.stderr
+    from safetensors.numpy import load_file
+
+    assert "title" not in load_file(tmp_path / "r" / "data" / "features.safetensors")

@@ -122,6 +122,32 @@ def test_movielens_1m(tmp_path):
     assert p.items["category"].to_list() == ["Action|Crime", "Animation", "Horror"]
 
 
+def test_movielens_csv_layout_with_multi_genres_and_tags(tmp_path):
+    src = tmp_path / "ml-latest-small"
+    write(
+        src / "ratings.csv",
+        "userId,movieId,rating,timestamp\n1,10,5.0,3\n1,20,4.0,1\n1,30,4.5,2\n2,30,3.0,5\n2,10,1.0,6\n2,20,2.0,7\n",
+    )
+    write(
+        src / "movies.csv",
+        'movieId,title,genres\n10,"Heat, The (1995)",Action|Crime|Thriller\n20,Up (2009),Animation\n'
+        "30,Jaws (1975),(no genres listed)\n",
+    )
+    write(src / "tags.csv", "userId,movieId,tag,timestamp\n1,10,Heist,1\n2,10,heist,2\n2,20,Pixar,3\n")
+    p = run(tmp_path, "movielens", src)
+    assert [r for r, _ in seq(p, "1")] == ["20", "30", "10"]
+    assert p.items["title"].to_list() == ["Heat, The", "Up", "Jaws"]  # quoted commas, the year split off
+    assert p.items["category"].to_list() == ["Action|Crime|Thriller", "Animation", None]
+    assert p.features["modality.category"].shape == (3, 4) and p.features["mask.category"].tolist() == [
+        True,
+        True,
+        False,
+    ]
+    assert p.features["mask.tags"].tolist() == [True, True, False]  # tags lower-cased: 'heist' once
+    assert p.features["modality.tags"].shape == (3, 2)
+    assert p.features["mask.year"].tolist() == [True, True, True]
+
+
 # ---------------------------------------------------------------- recbole
 
 
@@ -261,3 +287,25 @@ def test_global_time_split_needs_timestamps_and_targets(tmp_path):
         run(tmp_path, "custom", src, split="global-time", split_at=(0.6, 0.7))
     with pytest.raises(RecipeError, match="--split-at 0.9,0.8"):
         PrepareConfig(dataset="custom", split="global-time", split_at=(0.9, 0.8))
+
+
+def test_custom_row_aligned_features_and_multi_hot_categories(tmp_path):
+    src = tmp_path / "c"
+    write(src / "inter.csv", "uid,iid\na,x\na,y\na,z\nb,z\nb,x\nb,y\n")
+    write(src / "items.csv", "item_id,category\nz,drama|crime\nx,drama\ny,\n")
+    np.save(src / "text.npy", np.array([[3.0, 3.0], [1.0, 1.0], [2.0, 2.0]], dtype=np.float32))  # rows: z, x, y
+    write(
+        src / "schema.yaml",
+        "interactions: {path: inter.csv, user: uid, item: iid}\n"
+        "items: {path: items.csv, item: item_id, category: category}\n"
+        "features: {text: {path: text.npy, rows: items}}\n",
+    )
+    p = run(tmp_path, "custom", src)
+    assert p.items["raw_id"].to_list() == ["x", "y", "z"]
+    assert p.features["modality.text"][:, 0].tolist() == [1.0, 2.0, 3.0]  # matched by the items file's order
+    assert p.features["mask.category"].tolist() == [True, False, True]
+    assert p.features["modality.category"].shape == (3, 2)  # drama, crime
+    assert p.features["modality.category"].sum(axis=1).tolist() == [1.0, 0.0, 2.0]
+    np.save(src / "text.npy", np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(DataSchemaError, match=r"text.npy: 2 feature rows but 3 items"):
+        run(tmp_path, "custom", src)

@@ -46,7 +46,7 @@ def _train(
 
     state = {"steps": 0}
 
-    def on_step(name, epoch, step_no, steps, parts):
+    def on_step(name, epoch, epochs, step_no, steps, parts):
         state["steps"] += 1
         if crash_at is not None and (epoch, step_no) == crash_at:
             raise Boom()

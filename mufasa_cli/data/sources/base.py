@@ -155,8 +155,11 @@ def parse_float(value: str) -> float | None:
 # ---------------------------------------------------------------- feature matrices
 
 
-def _load_feature_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, emb) from .npz (ids, emb), .safetensors (ids, emb) or .npy (+ <stem>.ids.npy)."""
+def _load_feature_file(path: Path, row_ids: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, emb) from .npz (ids, emb), .safetensors (ids, emb) or .npy (+ <stem>.ids.npy); with
+    `row_ids` the file's rows are those items in order and only `emb` (or the .npy) is read."""
+    if row_ids is not None:
+        return _load_row_aligned(path, row_ids)
     try:
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
@@ -178,14 +181,40 @@ def _load_feature_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataSchemaError(f"{path}: unreadable feature file ({e})") from None
 
 
-def load_feature_files(named_paths: list[tuple[str, Path]], bad: BadRows) -> dict[str, RawModality]:
-    """Load (modality name, file) pairs; several files of one modality concatenate.
+def _load_row_aligned(path: Path, row_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if "emb" not in z.files:
+                    raise DataSchemaError(f"{path}: array 'emb' missing")
+                emb = z["emb"]
+        elif path.suffix == ".safetensors":
+            t = load_file(path)
+            if "emb" not in t:
+                raise DataSchemaError(f"{path}: tensor 'emb' missing")
+            emb = t["emb"]
+        else:
+            emb = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise DataSchemaError(f"{path}: unreadable feature file ({e})") from None
+    if len(emb) != len(row_ids):
+        raise DataSchemaError(
+            f"{path}: {len(emb)} feature rows but {len(row_ids)} items (rows: items needs one row per item row, in order)"
+        )
+    return np.array(row_ids), emb
+
+
+def load_feature_files(
+    named_paths: list[tuple[str, Path]], bad: BadRows, row_ids: dict[Path, list[str]] | None = None
+) -> dict[str, RawModality]:
+    """Load (modality name, file) pairs; several files of one modality concatenate. A file in
+    `row_ids` has no ids of its own: its rows are those items, in order.
 
     Rows with NaN/inf are bad rows (skip: the item simply lacks that modality).
     """
     parts: dict[str, list[tuple[Path, np.ndarray, np.ndarray]]] = {}
     for modality, path in named_paths:
-        ids, emb = _load_feature_file(path)
+        ids, emb = _load_feature_file(path, (row_ids or {}).get(path))
         if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.number):
             raise DataSchemaError(f"{path}: features must be a 2-D numeric matrix, got shape {emb.shape} {emb.dtype}")
         if ids.ndim != 1 or len(ids) != len(emb):

@@ -14,6 +14,10 @@
       category: category          # optional
     features:                     # optional: modality name -> .npz / .npy (+ .ids.npy) / .safetensors
       image: image.npz
+      text: {path: text.npy, rows: items}   # rows in the items file's order: no ids needed
+
+A `category` column holds `|`-separated lists (`drama|crime`); it becomes a multi-hot
+`category` modality, as the movielens and microlens sources make one.
 
 --source is the YAML file or a folder holding schema.yaml.
 """
@@ -30,7 +34,9 @@ from mufasa_cli.artifacts import sha256_file
 from mufasa_cli.data.sources.base import (
     BadRows,
     RawDataset,
+    RawModality,
     load_feature_files,
+    multi_hot,
     read_header_table,
     read_text,
     require_file,
@@ -77,8 +83,23 @@ def _schema(source: Path) -> tuple[Path, dict]:
     if "features" in spec and not isinstance(features, dict):
         raise DataSchemaError(f"{path}: 'features' must map modality names to files")
     if features:
-        spec["features"] = {_text(path, "features", k): _text(path, f"features.{k}", v) for k, v in features.items()}
+        spec["features"] = {_text(path, "features", k): _feature(path, str(k), v, spec) for k, v in features.items()}
     return path, spec
+
+
+def _feature(path: Path, name: str, value: object, spec: dict) -> dict[str, str]:
+    """A features entry: a file path, or {path: FILE, rows: items | ids}."""
+    if not isinstance(value, dict):
+        return {"path": _text(path, f"features.{name}", value), "rows": "ids"}
+    extra = set(value) - {"path", "rows"}
+    if extra or "path" not in value:
+        raise DataSchemaError(f"{path}: features.{name} takes keys path and rows (got {sorted(map(str, value))})")
+    rows = _text(path, f"features.{name}.rows", value.get("rows", "ids"))
+    if rows not in ("ids", "items"):
+        raise DataSchemaError(f"{path}: features.{name}.rows {rows!r}: choose items (the items file's order) or ids")
+    if rows == "items" and "items" not in spec:
+        raise DataSchemaError(f"{path}: features.{name}.rows items needs an 'items' section")
+    return {"path": _text(path, f"features.{name}.path", value["path"]), "rows": rows}
 
 
 def _text(path: Path, where: str, value: object) -> str:
@@ -124,6 +145,7 @@ def load(source: Path, bad: BadRows) -> RawDataset:
     ).filter(pl.Series(ok, dtype=pl.Boolean))
 
     genres = [DEFAULT_GENRE]
+    item_rows: list[str] | None = None  # the items file's ids in file order (row-aligned features)
     items = pl.DataFrame(schema={"raw_item": pl.String, "title": pl.String, "genre": pl.String, "category": pl.String})
     if "items" in spec:
         st = spec["items"]
@@ -146,13 +168,29 @@ def load(source: Path, bad: BadRows) -> RawDataset:
             schema={"raw_item": pl.String, "title": pl.String, "genre": pl.String, "category": pl.String},
         )
         genres = sorted(set(items["genre"].to_list())) or genres
+        if not bad.counts.get(str(tpath)):  # rows skipped: a row-aligned matrix cannot be matched to them
+            item_rows = t[st["item"]]
 
     feature_paths: list[tuple[str, Path]] = []
-    for name, rel in (spec.get("features") or {}).items():
-        p = _inside(schema_path, f"features.{name}", rel, f"features for modality {name!r}")
+    row_ids: dict[Path, list[str]] = {}
+    for name, entry in (spec.get("features") or {}).items():
+        p = _inside(schema_path, f"features.{name}", entry["path"], f"features for modality {name!r}")
         feature_paths.append((str(name), p))
         inputs[str(p)] = sha256_file(p)
-    modalities = load_feature_files(feature_paths, bad)
+        if entry["rows"] == "items":
+            if item_rows is None:
+                raise DataSchemaError(f"{p}: rows: items, but rows of {tpath} were skipped as bad; fix them first")
+            row_ids[p] = item_rows
+    modalities = load_feature_files(feature_paths, bad, row_ids)
+    if "items" in spec and "category" in spec["items"] and "category" not in modalities:
+        lists = {
+            i: [c.strip() for c in (v or "").split("|") if c.strip()]
+            for i, v in zip(items["raw_item"], items["category"], strict=True)
+        }
+        with_category = [i for i, c in lists.items() if c]
+        if with_category:
+            _, hot = multi_hot([lists[i] for i in with_category])
+            modalities["category"] = RawModality(with_category, hot, str(tpath))
     return RawDataset(
         interactions,
         items,

@@ -1,8 +1,11 @@
-"""`movielens`: GroupLens ml-100k (`u.data`, `u.item`) and ml-1m (`ratings.dat`, `movies.dat`).
+"""`movielens`: GroupLens ml-100k (`u.data`, `u.item`), ml-1m (`ratings.dat`, `movies.dat`) and
+the current CSV layout of ml-latest-small, ml-25m, ml-32m (`ratings.csv`, `movies.csv` with
+`|`-separated genres, optional `tags.csv`).
 
-Both are latin-1 text. Every rating counts as an interaction (no rating threshold), as in
+The first two are latin-1 text, the CSV layout UTF-8 with a header. Every rating counts as an interaction (no rating threshold), as in
 the peers' protocol. Modalities: the title text (as anchor and modality), genres (multi-hot,
-`category`) and release year (`year`: z-scored year + decade one-hot).
+`category`) and release year (`year`: z-scored year + decade one-hot); with `tags.csv`, the
+users' tags as a multi-hot `tags` modality (the 2,000 most used, lower-cased).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from mufasa_cli.data.sources.base import (
     iter_split_lines,
     multi_hot,
     parse_float,
+    read_header_table,
     read_text,
+    timestamps_or_order,
     year_features,
 )
 from mufasa_cli.errors import DataSchemaError
@@ -107,18 +112,66 @@ def _movies_1m(path: Path, bad: BadRows) -> tuple[list[str], list[str], list[lis
     return ids, titles, genres, years
 
 
-def load(folder: Path, bad: BadRows) -> RawDataset:
-    if (folder / "u.data").is_file():
-        ratings_path, movies_path, sep, reader = folder / "u.data", folder / "u.item", "\t", _movies_100k
-    elif (folder / "ratings.dat").is_file():
-        ratings_path, movies_path, sep, reader = folder / "ratings.dat", folder / "movies.dat", "::", _movies_1m
-    else:
-        raise DataSchemaError(f"{folder}: neither u.data (ml-100k) nor ratings.dat (ml-1m) found")
+def _ratings_csv(path: Path, bad: BadRows) -> pl.DataFrame:
+    lines: list[int] = []
+    t = read_header_table(path, ["userId", "movieId", "timestamp"], bad, lines=lines)
+    times, ok = timestamps_or_order(t["timestamp"], len(t["userId"]), path, bad, lines or None)
+    return pl.DataFrame(
+        {"raw_user": t["userId"], "raw_item": t["movieId"], "timestamp": times},
+        schema={"raw_user": pl.String, "raw_item": pl.String, "timestamp": pl.Float64},
+    ).filter(pl.Series(ok, dtype=pl.Boolean))
+
+
+def _movies_csv(path: Path, bad: BadRows) -> tuple[list[str], list[str], list[list[str]], list[float | None]]:
+    t = read_header_table(path, ["movieId", "title"], bad, optional=("genres",))
+    ids, titles, genres, years = [], [], [], []
+    for k, raw_id in enumerate(t["movieId"]):
+        title, year = _split_title(t["title"][k])
+        ids.append(raw_id)
+        titles.append(title)
+        years.append(year)
+        listed = t["genres"][k] if "genres" in t else ""
+        genres.append([g for g in listed.split("|") if g and g != "(no genres listed)"])
+    return ids, titles, genres, years
+
+
+def _tags_csv(path: Path, bad: BadRows) -> RawModality | None:
+    t = read_header_table(path, ["movieId", "tag"], bad)
+    per_movie: dict[str, list[str]] = {}
+    for movie, tag in zip(t["movieId"], t["tag"], strict=True):
+        per_movie.setdefault(movie, []).append(tag.strip().lower())
+    if not per_movie:
+        return None
+    ids = sorted(per_movie)
+    _, hot = multi_hot([per_movie[i] for i in ids])
+    return RawModality(ids, hot, str(path))
+
+
+def _load_csv_layout(folder: Path, bad: BadRows) -> RawDataset:
+    ratings_path, movies_path, tags_path = folder / "ratings.csv", folder / "movies.csv", folder / "tags.csv"
     if not movies_path.is_file():
         raise DataSchemaError(f"{movies_path}: file not found (movie titles and genres)")
-    interactions = _ratings(ratings_path, sep, bad)
-    ids, titles, genres, years = reader(movies_path, bad)
-    items = pl.DataFrame(
+    interactions = _ratings_csv(ratings_path, bad)
+    ids, titles, genres, years = _movies_csv(movies_path, bad)
+    modalities = movie_modalities(ids, genres, years, str(movies_path))
+    inputs = [ratings_path, movies_path]
+    if tags_path.is_file():
+        tags = _tags_csv(tags_path, bad)
+        if tags is not None:
+            modalities["tags"] = tags
+        inputs.append(tags_path)
+    return RawDataset(
+        interactions,
+        _items_table(ids, titles, genres),
+        [GENRE],
+        modalities=modalities,
+        inputs={str(p): sha256_file(p) for p in inputs},
+        interactions_file=str(ratings_path),
+    )
+
+
+def _items_table(ids: list[str], titles: list[str], genres: list[list[str]]) -> pl.DataFrame:
+    return pl.DataFrame(
         {
             "raw_item": ids,
             "title": titles,
@@ -127,9 +180,26 @@ def load(folder: Path, bad: BadRows) -> RawDataset:
         },
         schema={"raw_item": pl.String, "title": pl.String, "genre": pl.String, "category": pl.String},
     )
+
+
+def load(folder: Path, bad: BadRows) -> RawDataset:
+    if (folder / "ratings.csv").is_file():
+        return _load_csv_layout(folder, bad)
+    if (folder / "u.data").is_file():
+        ratings_path, movies_path, sep, reader = folder / "u.data", folder / "u.item", "\t", _movies_100k
+    elif (folder / "ratings.dat").is_file():
+        ratings_path, movies_path, sep, reader = folder / "ratings.dat", folder / "movies.dat", "::", _movies_1m
+    else:
+        raise DataSchemaError(
+            f"{folder}: none of u.data (ml-100k), ratings.dat (ml-1m) or ratings.csv (ml-latest, ml-25m, ml-32m) found"
+        )
+    if not movies_path.is_file():
+        raise DataSchemaError(f"{movies_path}: file not found (movie titles and genres)")
+    interactions = _ratings(ratings_path, sep, bad)
+    ids, titles, genres, years = reader(movies_path, bad)
     return RawDataset(
         interactions,
-        items,
+        _items_table(ids, titles, genres),
         [GENRE],
         modalities=movie_modalities(ids, genres, years, str(movies_path)),
         inputs={str(p): sha256_file(p) for p in (ratings_path, movies_path)},
