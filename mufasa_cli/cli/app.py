@@ -938,6 +938,15 @@ def report(
     out_dir = out if out is not None else run / "report"
     with artifacts.run_lock(run, "report"):
         sections = write_report(run, out_dir, plots)
+    if fmt in (ReportFormat.md, ReportFormat.csv, ReportFormat.tex):  # Table 1 first, as its file reads
+        table1 = next((s.files[f"tables.{fmt.value}"] for s in sections if s.name == "data"), "")
+        render.out.print(
+            table1,
+            end="\n" if table1 and fmt is not ReportFormat.csv else "",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     if fmt is not ReportFormat.none:
         render.print_tables([t for s in sections for t in s.tables], fmt.value)
     listing = render.err if fmt is not ReportFormat.none else render.out

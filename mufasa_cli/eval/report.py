@@ -12,7 +12,14 @@ from pathlib import Path
 
 from mufasa_cli import artifacts
 from mufasa_cli.errors import ArtifactError
-from mufasa_cli.eval.tables import TableData, ablation_files, ablation_tables, eval_files, eval_table
+from mufasa_cli.eval.tables import (
+    TableData,
+    ablation_files,
+    ablation_tables,
+    eval_files,
+    eval_table,
+    table1_files,
+)
 
 
 @dataclass
@@ -38,8 +45,16 @@ def _read_json(path: Path) -> dict:
 
 
 def collect(run_dir: Path) -> list[Section]:
-    """Every finished eval (its folder verified against its manifest) and ablate of the run."""
+    """Table 1 (from data/manifest.json), every finished eval (its folder verified against its
+    manifest) and ablate of the run."""
     sections = []
+    if (run_dir / "data" / artifacts.MANIFEST).is_file():
+        manifest = artifacts.read_manifest(run_dir / "data")
+        try:
+            files = table1_files(manifest["config"], manifest["counts"])
+        except (KeyError, TypeError) as e:
+            raise ArtifactError(f"{run_dir / 'data' / artifacts.MANIFEST}: no dataset counts ({e})") from None
+        sections.append(Section("data", run_dir / "data" / artifacts.MANIFEST, [], files))
     for folder in sorted(p for p in (run_dir / "eval").glob("*") if p.is_dir() and not p.name.startswith(".")):
         artifacts.verify_stage(folder)
         result = _read_json(folder / "metrics.json")
@@ -56,7 +71,7 @@ def collect(run_dir: Path) -> list[Section]:
         except (KeyError, TypeError, IndexError) as e:
             raise ArtifactError(f"{path}: not an ablate record ({type(e).__name__}: {e})") from None
         sections.append(Section(f"ablate-{path.stem.removeprefix('tables-')}", path, tables, files))
-    if not sections:
+    if not [s for s in sections if s.name != "data"]:
         raise ArtifactError(f"{run_dir}: no finished eval or ablate to report (run mufasa eval first)")
     return sections
 

@@ -44,11 +44,13 @@ def test_report_rewrites_every_table_byte_for_byte_without_training(evaluated, t
             evaluated / "ablate" / f"tables-loo.{ext}"
         ).read_bytes()
     # stdout carries the tables in the asked format, the listing goes to stderr
-    assert (
-        result.stdout.startswith("loo: ")
-        and "| MUFASA" in result.stdout
-        and "Table 5: ablations (loo)" in result.stdout
+    assert result.stdout.startswith("Table 1: dataset statistics") and "| MUFASA" in result.stdout
+    assert "Table 5: ablations (loo)" in result.stdout
+    table1 = (out / "data" / "tables.csv").read_text().splitlines()
+    assert table1[0] == "dataset,users,items,interactions,avg_length,sparsity" and table1[1].startswith(
+        "synthetic (tiny),"
     )
+    assert (out / "data" / "tables.tex").read_text().count(r"\toprule") == 1
     assert str(out / "eval-loo" / "tables.tex") in result.stderr
 
 
