@@ -545,6 +545,7 @@ def align_train(
         f"{sal.objective}): valid HR@10 {v['HR@10']:.4f}  NDCG@10 {v['NDCG@10']:.4f}  "
         f"best epoch {manifest['best_epoch']}/{manifest['epochs_run']} ({manifest['kernel']} kernel)",
         highlight=False,
+        soft_wrap=True,
     )
     if manifest.get("improving_at_cap"):
         render.warning_line(
@@ -728,8 +729,10 @@ def eval_(
     if plot is not None:
         from mufasa_cli.eval.plot import plot_curves
 
-        render.err.print(f"wrote {plot_curves(result, plot)}", highlight=False)
-    render.err.print(f"wrote {out_dir} (metrics.json, tables.md, tables.csv, tables.tex)", highlight=False)
+        render.err.print(f"wrote {plot_curves(result, plot)}", highlight=False, soft_wrap=True)
+    render.err.print(
+        f"wrote {out_dir} (metrics.json, tables.md, tables.csv, tables.tex)", highlight=False, soft_wrap=True
+    )
 
 
 def _eval_locked(run, names, cfg, recipe, seed, device, retrain, resume, jobs) -> dict[str, dict]:
@@ -868,7 +871,7 @@ def ablate(
         render.out.print_json(data=record)
     else:
         render.print_tables(ablation_tables(record), fmt.value)
-    render.err.print(f"wrote {tables_file.with_suffix('.*')} (json, md, csv, tex)", highlight=False)
+    render.err.print(f"wrote {tables_file.with_suffix('.*')} (json, md, csv, tex)", highlight=False, soft_wrap=True)
 
 
 def _ablate_locked(run, parts, cells, cfg, protocol, ks, seed, dev, jobs):

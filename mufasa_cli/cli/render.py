@@ -90,6 +90,7 @@ def _line_progress() -> Callable[..., None]:
     tenth of a task unless the caller marks a boundary."""
     import time
 
+    opened = time.monotonic()
     started: dict[str, float] = {}
     shown: dict[str, int] = {}
 
@@ -97,7 +98,7 @@ def _line_progress() -> Callable[..., None]:
         if not show_progress or total <= 0:
             return
         now = time.monotonic()
-        t0 = started.setdefault(name, now)
+        t0 = started.setdefault(name, now if done == 0 else opened)  # first heard of after some work
         tenth = done * 10 // total
         if not boundary and done < total and tenth <= shown.get(name, 0):
             return
