@@ -35,7 +35,8 @@ def one_point(run: Path, max_len: int, objective: str, batch: int | None) -> dic
     import torch
 
     from mufasa_cli.config import AlignConfig
-    from mufasa_cli.sal import train as sal_train
+    from mufasa_cli.data.sequences import load_sequences
+    from mufasa_cli.sal.train import run_align
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     cfg = AlignConfig()
@@ -43,7 +44,7 @@ def one_point(run: Path, max_len: int, objective: str, batch: int | None) -> dic
     schedule = "train_all" if objective == "all" else "train"
     train = dataclasses.replace(getattr(cfg, schedule), epochs=1, **({"batch_size": batch} if batch else {}))
     cfg = dataclasses.replace(cfg, sal=sal, **{schedule: train})
-    seqs = sal_train.load_sequences(run / "data")
+    seqs = load_sequences(run / "data")
     train_lengths = [len(seqs.of(u)[0]) for u in np.flatnonzero(seqs.roles == "train")]
     del seqs
     marks: dict[str, float | None] = {}
@@ -53,9 +54,7 @@ def one_point(run: Path, max_len: int, objective: str, batch: int | None) -> dic
             marks["start"] = _reset_peak()
 
     t0 = time.perf_counter()
-    manifest = sal_train.run_align(
-        run, cfg, seed=0, device=torch.device("cpu"), resume=False, force=True, on_step=on_step
-    )
+    manifest = run_align(run, cfg, seed=0, device=torch.device("cpu"), resume=False, force=True, on_step=on_step)
     training_peak = _status_mb("VmHWM")
     start = marks.get("start")
     return {

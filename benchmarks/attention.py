@@ -134,7 +134,7 @@ def embed_point(setting: str, length: int, batch: int, dim: int, repeat: int, de
     catalogue item, then each history's rows gathered; one query per user), no gradients."""
     import torch
 
-    from mufasa_cli.sal.train import user_embeddings
+    from mufasa_cli.sal.embed import user_embeddings
 
     device = torch.device(device_name)
     torch.manual_seed(0)

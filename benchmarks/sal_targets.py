@@ -19,8 +19,10 @@ import numpy as np
 import polars as pl
 import torch
 
+from mufasa_cli.data.sequences import load_sequences
 from mufasa_cli.metrics.ranking import history_csr, hit_rate, ndcg, target_ranks
-from mufasa_cli.sal import train as sal_train
+from mufasa_cli.sal.embed import user_embeddings
+from mufasa_cli.sal.files import load_sal, load_z
 
 
 def target_groups(run: Path) -> tuple[list[np.ndarray], np.ndarray, dict[str, np.ndarray]]:
@@ -29,7 +31,7 @@ def target_groups(run: Path) -> tuple[list[np.ndarray], np.ndarray, dict[str, np
     if "block" not in inter.columns:
         raise SystemExit(f"{run}: no ground-truth block column (not a synthetic run)")
     topic = pl.read_parquet(run / "data/items.parquet").sort("item")["topic"].to_numpy()
-    seqs = sal_train.load_sequences(run / "data")
+    seqs = load_sequences(run / "data")
     block = inter["block"].to_numpy()
     hist, target, new, core = [], [], [], []
     for u in np.flatnonzero(seqs.roles == "train"):
@@ -50,9 +52,9 @@ def target_groups(run: Path) -> tuple[list[np.ndarray], np.ndarray, dict[str, np
 
 
 def ranks_of(run: Path, hist: list[np.ndarray], target: np.ndarray) -> np.ndarray:
-    model, _ = sal_train.load_sal(run, torch.device("cpu"))
-    z = torch.as_tensor(sal_train.load_z(run)[0])
-    users = sal_train.user_embeddings(model, z, hist, model.cfg.max_len)
+    model, _ = load_sal(run, torch.device("cpu"))
+    z = torch.as_tensor(load_z(run)[0])
+    users = user_embeddings(model, z, hist, model.cfg.max_len)
     with torch.no_grad():
         items = model.items(z)
     seen = history_csr(hist)

@@ -133,7 +133,7 @@ def train(
     """Train and write RUN/baselines/sasrec/ (weights + manifest); returns the manifest."""
     started = time.perf_counter()
     data_record = artifacts.input_record(run_dir / "data")  # the data/ the caller read, recorded now
-    from mufasa_cli.sal.train import split_for_training
+    from mufasa_cli.data.sequences import split_for_training
 
     split = split_for_training(seqs, num_items, run_dir / "data")  # the same users and targets as align-train
     train_seqs, valid_hist, valid_target = split.train_seqs, split.valid_hist, split.valid_target

@@ -591,19 +591,19 @@ def embed(
     --users sequences as given; every item gets a vector. --explain shows one user's attention."""
     from mufasa_cli.runtime import dist
     from mufasa_cli.runtime.device import resolve_device
-    from mufasa_cli.sal import train as sal_train
+    from mufasa_cli.sal import embed as sal_embed
 
     if not dist.is_main():  # started by torchrun: embedding is one process's job, rank 0's
         return
     if explain is not None:
         if users is not None:
             raise MufasaError("--explain and --users: choose one")
-        render.explanation(sal_train.explain(run, explain, device=resolve_device(device), top=top, kernel=kernel))
+        render.explanation(sal_embed.explain(run, explain, device=resolve_device(device), top=top, kernel=kernel))
         return
     from mufasa_cli.artifacts import run_lock
 
     with run_lock(run, "embed"):
-        manifest = sal_train.run_embed(run, device=resolve_device(device), force=force, users_file=users, kernel=kernel)
+        manifest = sal_embed.run_embed(run, device=resolve_device(device), force=force, users_file=users, kernel=kernel)
     c = manifest["counts"]
     render.out.print(
         f"embedded {c['train_users']:,} train users, {c['zero_shot_users']:,} zero-shot users and {c['items']:,} items "

@@ -28,7 +28,8 @@ from mufasa_cli.errors import MufasaError
 from mufasa_cli.mfl.train import FUSED_FILE
 from mufasa_cli.mfl.train import run as fuse_run
 from mufasa_cli.runtime.loop import OnStep
-from mufasa_cli.sal.train import run_align, run_embed
+from mufasa_cli.sal.embed import run_embed
+from mufasa_cli.sal.train import run_align
 
 ABLATIONS = ("mfl", "sal", "window", "block", "selective", *LOSS_NAMES)
 LABELS = {

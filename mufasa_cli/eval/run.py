@@ -131,8 +131,8 @@ def ensure_baselines(
     (runtime.pool: trainings sent to worker processes get no on_step; on_done(done, total)
     counts them); returns {name: manifest} of those trained now."""
     from mufasa_cli.baselines import mmgcn, sasrec, two_tower
+    from mufasa_cli.data.sequences import load_sequences
     from mufasa_cli.runtime.pool import run_calls
-    from mufasa_cli.sal.train import load_sequences
 
     calls, todo = [], []
     seqs, num_items = None, 0

@@ -120,7 +120,7 @@ def test_one_target_training_runs_end_to_end_and_its_loss_falls(tiny_run, tmp_pa
     from mufasa_cli import artifacts
     from mufasa_cli.baselines import sasrec
     from mufasa_cli.data import schema
-    from mufasa_cli.sal.train import load_sequences
+    from mufasa_cli.data.sequences import load_sequences
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run / "data", run / "data")

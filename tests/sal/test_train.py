@@ -10,7 +10,9 @@ import torch
 
 from mufasa_cli import artifacts
 from mufasa_cli.config import SALConfig
-from mufasa_cli.sal import fast
+from mufasa_cli.data import sequences
+from mufasa_cli.sal import batches as sal_batches
+from mufasa_cli.sal import embed, fast, files, loss
 from mufasa_cli.sal import train as sal_train
 from mufasa_cli.sal.model import SALEncoder
 from tests.conftest import folder_digest, invoke
@@ -100,7 +102,7 @@ def test_objective_all_trains_a_causal_model_and_embeds(fused, tmp_path):
     assert "objective all" in result.stdout
     m = artifacts.read_manifest(run / "align")
     assert m["objective"] == "all" and m["epochs_run"] == 2 and m["config"]["train_all"]["epochs"] == 2
-    model, _ = sal_train.load_sal(run, torch.device("cpu"))
+    model, _ = files.load_sal(run, torch.device("cpu"))
     assert model.causal
     assert invoke("embed", run).exit_code == 0
 
@@ -128,7 +130,7 @@ def test_finetune_mfl_trains_z_and_embed_reads_the_new_z(fused, tmp_path):
     assert new.shape == old.shape and not np.allclose(new, old)
     assert (run / "align/mfl.safetensors").is_file()
     assert invoke("embed", run).exit_code == 0
-    model, _ = sal_train.load_sal(run, torch.device("cpu"))
+    model, _ = files.load_sal(run, torch.device("cpu"))
     items = artifacts.load_tensors(run / "embed/items.safetensors", {})["emb"]
     with torch.no_grad():
         np.testing.assert_allclose(items, model.items(torch.as_tensor(new)).numpy(), rtol=1e-5, atol=1e-6)
@@ -155,7 +157,7 @@ def test_item_ids_add_trained_vectors_to_z_for_trained_items_only(fused, tmp_pat
     np.testing.assert_allclose(new, old + ids["emb"], rtol=1e-6, atol=1e-6)
     assert not (run / "align/mfl.safetensors").exists()
     assert invoke("embed", run).exit_code == 0
-    model, _ = sal_train.load_sal(run, torch.device("cpu"))
+    model, _ = files.load_sal(run, torch.device("cpu"))
     items = artifacts.load_tensors(run / "embed/items.safetensors", {})["emb"]
     with torch.no_grad():
         np.testing.assert_allclose(items, model.items(torch.as_tensor(new)).numpy(), rtol=1e-5, atol=1e-6)
@@ -185,7 +187,7 @@ def test_stacked_layers_with_full_softmax_and_finetuned_mfl_train_and_embed(fuse
     assert result.exit_code == 0, result.output
     m = artifacts.read_manifest(run / "align")
     assert m["config"]["full_softmax"] and m["config"]["sal"]["layers"] == 2
-    model, _ = sal_train.load_sal(run, torch.device("cpu"))
+    model, _ = files.load_sal(run, torch.device("cpu"))
     assert len(model.layers) == 2 and model.norm is not None
     assert invoke("embed", run).exit_code == 0
     bad = invoke("align-train", run, "--layers", "2", "--objective", "last", "--force")
@@ -196,7 +198,7 @@ def test_resume_replays_an_interrupted_run_exactly(fused, tmp_path, monkeypatch)
     whole = _copy(fused, tmp_path / "whole")
     assert invoke("align-train", whole, "--epochs", "4").exit_code == 0
     run = _copy(fused, tmp_path / "cut")
-    real, calls = sal_train.sampled_softmax_loss, []
+    real, calls = loss.sampled_softmax_loss, []
 
     def crash_on_third_step(*args, **kwargs):
         calls.append(1)
@@ -234,9 +236,9 @@ def test_embed_users_file_orders_by_timestamp_and_reports_unknown_items(aligned,
     table = pl.read_parquet(out / "embed/external.parquet")
     assert table["user"].to_list() == ["a"] and table["length"].to_list() == [3]
     emb = artifacts.load_tensors(out / "embed/external.safetensors", {})["emb"]
-    model, _ = sal_train.load_sal(out, torch.device("cpu"))
-    z = torch.as_tensor(sal_train.load_z(out)[0])
-    expected = sal_train.user_embeddings(model, z, [np.array([2, 9, 5])], model.cfg.max_len)
+    model, _ = files.load_sal(out, torch.device("cpu"))
+    z = torch.as_tensor(files.load_z(out)[0])
+    expected = embed.user_embeddings(model, z, [np.array([2, 9, 5])], model.cfg.max_len)
     np.testing.assert_allclose(emb, expected.numpy(), rtol=1e-5, atol=1e-6)
     assert artifacts.read_manifest(out / "embed")["external"]["unknown_examples"] == ["nope-1", "nope-2"]
 
@@ -269,7 +271,7 @@ def test_explain_prints_blocks_gates_branch_items_and_recommendations(aligned):
         "Top recommendations",
     ):
         assert text in result.stdout, text
-    ex = sal_train.explain(run, raw_user, device=torch.device("cpu"))
+    ex = embed.explain(run, raw_user, device=torch.device("cpu"))
     assert sum(b["weight"] for b in ex["blocks"]) == pytest.approx(1.0, abs=1e-5)
     assert sum(b["selected"] for b in ex["blocks"]) == min(4, len(ex["blocks"]))
     assert all(0 < g < 1 for g in ex["gates"].values()) and len(ex["recommendations"]) == 5
@@ -312,10 +314,10 @@ def test_user_embeddings_in_length_batches_equal_one_user_at_a_time(tokens):
     z = torch.randn(30, 8, dtype=torch.float64)
     rng = np.random.default_rng(0)
     histories = [rng.integers(0, 30, n) for n in (5, 1, 20, 12, 3, 5, 9, 30)]  # 20, 30: cut to max_len
-    alone = torch.cat([sal_train.user_embeddings(model, z, [h], cfg.max_len) for h in histories])
-    batched = sal_train.user_embeddings(model, z, histories, cfg.max_len, tokens=tokens)
+    alone = torch.cat([embed.user_embeddings(model, z, [h], cfg.max_len) for h in histories])
+    batched = embed.user_embeddings(model, z, histories, cfg.max_len, tokens=tokens)
     torch.testing.assert_close(batched, alone, rtol=1e-10, atol=1e-12)
-    assert sal_train.user_embeddings(model, z, [], cfg.max_len).shape == (0, 16)
+    assert embed.user_embeddings(model, z, [], cfg.max_len).shape == (0, 16)
 
 
 def test_objective_all_batches_query_every_position_and_real_outputs_match_clamped_queries():
@@ -323,8 +325,8 @@ def test_objective_all_batches_query_every_position_and_real_outputs_match_clamp
     kernel runs its dense causal path; at the positions that have a target, the outputs equal
     those of queries clamped to each user's last item."""
     seqs = [np.arange(1, 12), np.arange(3, 7), np.array([5, 2])]
-    data = sal_train.TrainData(seqs, [], np.zeros(0, dtype=np.int64), 20)
-    batch = next(sal_train.all_batches(data, 8, 64, torch.device("cpu"))(np.random.default_rng(0)))
+    data = sequences.TrainData(seqs, [], np.zeros(0, dtype=np.int64), 20)
+    batch = next(sal_batches.all_batches(data, 8, 64, torch.device("cpu"))(np.random.default_rng(0)))
     ids, lengths, qpos, targets = batch
     L = ids.shape[1]
     assert torch.equal(qpos, torch.arange(L).expand(3, L)) and fast.dense_queries(qpos, L)
@@ -345,7 +347,7 @@ def test_objective_all_batches_query_every_position_and_real_outputs_match_clamp
 
 def test_user_batches_without_a_pool_are_the_shuffled_order_cut_in_batches():
     lengths = np.array([3, 9, 1, 4, 7])
-    batches = sal_train.user_batches(np.random.default_rng(5), lengths, 2, pool=0)
+    batches = sal_batches.user_batches(np.random.default_rng(5), lengths, 2, pool=0)
     order = np.random.default_rng(5).permutation(5)
     assert [b.tolist() for b in batches] == [order[:2].tolist(), order[2:4].tolist(), order[4:].tolist()]
 
@@ -356,8 +358,8 @@ def test_length_pool_batches_users_of_similar_length():
     every batch has bs users (the last pool's last fewer)."""
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 200, 1000)
-    plain = sal_train.user_batches(np.random.default_rng(1), lengths, 16, pool=0)
-    pooled = sal_train.user_batches(np.random.default_rng(1), lengths, 16, pool=10)
+    plain = sal_batches.user_batches(np.random.default_rng(1), lengths, 16, pool=0)
+    pooled = sal_batches.user_batches(np.random.default_rng(1), lengths, 16, pool=10)
     assert sorted(np.concatenate(pooled).tolist()) == list(range(1000))
     assert sorted(len(b) for b in pooled) == sorted(len(b) for b in plain) == [8] + [16] * 62
     padded = lambda batches: sum(len(b) * lengths[b].max() for b in batches)  # noqa: E731
@@ -372,12 +374,12 @@ def test_length_pool_with_targets_balances_the_targets_of_each_batch():
     """Objective all: a pool's batches hold about equal numbers of targets, so short
     histories come many to a batch and long ones few; hand-checked on one pool."""
     lengths = np.array([1, 1, 1, 1, 1, 1, 2, 2, 6, 8])  # 24 targets, 10 users: 3 batches of 4 users a pool
-    batches = sal_train.user_batches(np.random.default_rng(0), lengths, 4, pool=3, targets=lengths)
+    batches = sal_batches.user_batches(np.random.default_rng(0), lengths, 4, pool=3, targets=lengths)
     # sorted 1 1 1 1 1 1 2 2 6 8, running totals 1..6, 8, 10, 16, 24: cuts after totals 8 and 16
     assert sorted(sorted(lengths[b].tolist()) for b in batches) == [[1, 1, 1, 1, 1, 1, 2], [2, 6], [8]]
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 200, 1000)
-    pooled = sal_train.user_batches(np.random.default_rng(1), lengths, 16, pool=10, targets=lengths)
+    pooled = sal_batches.user_batches(np.random.default_rng(1), lengths, 16, pool=10, targets=lengths)
     assert sorted(np.concatenate(pooled).tolist()) == list(range(1000)) and len(pooled) == 63
     share = np.array([lengths[b].sum() for b in pooled[:-1]])
     assert share.max() < 2 * np.median(share)  # about equal, unlike users of length 1 vs 199
