@@ -31,9 +31,9 @@ from mufasa_cli.baselines.common import training_windows
 from mufasa_cli.config import TwoTowerConfig, restore
 from mufasa_cli.data import schema
 from mufasa_cli.errors import ArtifactError, DataSchemaError
+from mufasa_cli.losses import in_batch, item_log_q, sampled_softmax_loss
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
-from mufasa_cli.sal.loss import in_batch, item_log_q, sampled_softmax_loss
 
 WEIGHTS = "model.safetensors"
 

@@ -32,6 +32,7 @@ import torch
 from mufasa_cli import artifacts
 from mufasa_cli.config import AlignConfig, RecipeError, TrainConfig
 from mufasa_cli.data.sequences import load_sequences, split_for_training
+from mufasa_cli.losses import Negatives, full_softmax_loss, in_batch, item_log_q, sampled_softmax_loss, uniform
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.mfl.train import FUSED_FILE, MFL_FILE, load_mfl
 from mufasa_cli.runtime import dist
@@ -40,7 +41,6 @@ from mufasa_cli.sal.aligner import Aligner
 from mufasa_cli.sal.batches import all_batches, last_batches
 from mufasa_cli.sal.embed import user_embeddings
 from mufasa_cli.sal.files import IDS_FILE, SAL_FILE, STAGE, fuse_z
-from mufasa_cli.sal.loss import Negatives, full_softmax_loss, in_batch, item_log_q, sampled_softmax_loss, uniform
 from mufasa_cli.sal.model import SALEncoder, resolve_kernel
 
 

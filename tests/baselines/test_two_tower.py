@@ -6,7 +6,7 @@ from torch.nn import functional as F
 
 from mufasa_cli.baselines.two_tower import DSSM, YouTubeDNN, right_pad, youtube_users
 from mufasa_cli.config import TwoTowerConfig
-from mufasa_cli.sal.loss import in_batch, sampled_softmax_loss
+from mufasa_cli.losses import in_batch, sampled_softmax_loss
 
 CFG = TwoTowerConfig(d_model=8, hidden=16, max_len=5, tau=0.1)
 

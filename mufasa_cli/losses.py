@@ -1,4 +1,4 @@
-"""The SAL training loss: sampled softmax between users and their target items.
+"""Sampled softmax between user and item vectors, shared by the SAL and the two-tower baselines.
 
 Row i scores its positive e_i against a set of negative columns:
 logit(i, j) = u_i . e_j / tau - log c_j, with c_j the expected number of times item j is drawn

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mufasa_cli.sal.loss import Negatives, full_softmax_loss, in_batch, item_log_q, sampled_softmax_loss, uniform
+from mufasa_cli.losses import Negatives, full_softmax_loss, in_batch, item_log_q, sampled_softmax_loss, uniform
 
 
 def _in_batch_loss(u, e, targets, log_p, tau):
