@@ -16,7 +16,6 @@ Legend: U users, N items, D width, M modalities, T train interactions.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,12 +26,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from mufasa_cli import artifacts
+from mufasa_cli.baselines.common import train_baseline
 from mufasa_cli.baselines.two_tower import modality_features
 from mufasa_cli.config import MMGCNConfig, restore
 from mufasa_cli.errors import ArtifactError, DataSchemaError
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.mfl.lightgcn import _SymmetricSpMM, normalized_adjacency, sample_negatives
-from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
+from mufasa_cli.runtime.loop import OnStep, seed_everything
 
 NAME = "mmgcn"
 WEIGHTS = "model.safetensors"
@@ -151,24 +151,8 @@ def train(
         )
         return top10(ranks)
 
-    ckpt = run_dir / "baselines" / f".{NAME}.ckpt"
-    result = fit(
-        name=NAME,
-        model=model,
-        cfg=cfg.train,
-        seed=seed,
-        steps_per_epoch=-(-T // bs),
-        batches=batches,
-        step_loss=lambda b: model.bpr_loss(*b),
-        validate=lambda: valid_metrics()["NDCG@10"],
-        checkpoint=ckpt / "model.pt",
-        fingerprint={"config": asdict(cfg), "data": data_record},
-        resume=resume,
-        on_step=on_step,
-    )
-    metrics = valid_metrics()
-    users, items = model.split()
-    with artifacts.stage_writer(run_dir / "baselines" / NAME, force=True) as tmp:
+    def files(tmp: Path) -> None:
+        users, items = model.split()
         params = sum(p.numel() for p in model.parameters())
         # the propagated vectors are what eval scores; the graph is not needed again
         artifacts.save_tensors(
@@ -176,22 +160,25 @@ def train(
             {"users": users.cpu().numpy(), "items": items.cpu().numpy()},
             {"config": asdict(cfg), "params": params, "modalities": model.names},
         )
-        manifest = artifacts.write_manifest(
-            tmp,
-            stage=f"baselines/{NAME}",
-            config=asdict(cfg),
-            seed=seed,
-            inputs={"data": data_record},
-            counts={"train_interactions": T, "valid_users": len(valid_users), "items": num_items},
-            wall_time_s=time.perf_counter() - started,
-            extra={
-                "device": str(device),
-                "valid": metrics,
-                **result.summary(),
-            },
-        )
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return manifest
+
+    return train_baseline(
+        run_dir,
+        NAME,
+        cfg,
+        data_record,
+        model=model,
+        seed=seed,
+        steps_per_epoch=-(-T // bs),
+        batches=batches,
+        step_loss=lambda b: model.bpr_loss(*b),
+        validate=valid_metrics,
+        resume=resume,
+        on_step=on_step,
+        files=files,
+        counts={"train_interactions": T, "valid_users": len(valid_users), "items": num_items},
+        started=started,
+        device=device,
+    )
 
 
 def load(run_dir: Path) -> tuple[np.ndarray, np.ndarray, int]:

@@ -24,11 +24,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from mufasa_cli import artifacts
-from mufasa_cli.baselines.common import training_windows
+from mufasa_cli.baselines.common import train_baseline, training_windows
 from mufasa_cli.config import SASRecConfig, restore
 from mufasa_cli.errors import ArtifactError
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
-from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
+from mufasa_cli.runtime.loop import OnStep, seed_everything
 
 NAME = "sasrec"
 WEIGHTS = "model.safetensors"
@@ -180,43 +180,28 @@ def train(
         )
         return top10(ranks)
 
-    out_dir = run_dir / "baselines" / NAME
-    result = fit(
-        name=NAME,
+    def files(tmp: Path) -> None:
+        state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
+        artifacts.save_tensors(tmp / WEIGHTS, state, {"config": asdict(cfg), "num_items": num_items})
+
+    return train_baseline(
+        run_dir,
+        NAME,
+        cfg,
+        data_record,
         model=model,
-        cfg=cfg.train,
         seed=seed,
         steps_per_epoch=max(1, -(-len(windows) // cfg.train.batch_size)),
         batches=batches,
         step_loss=step,
-        validate=lambda: valid_metrics()["NDCG@10"],
-        checkpoint=run_dir / "baselines" / f".{NAME}.ckpt" / "model.pt",
-        fingerprint={"config": asdict(cfg), "data": data_record},
+        validate=valid_metrics,
         resume=resume,
         on_step=on_step,
+        files=files,
+        counts={"train_users": len(train_seqs), "valid_users": len(valid_hist), "items": num_items},
+        started=started,
+        device=device,
     )
-    metrics = valid_metrics()
-    with artifacts.stage_writer(out_dir, force=True) as tmp:
-        state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items()}
-        artifacts.save_tensors(tmp / WEIGHTS, state, {"config": asdict(cfg), "num_items": num_items})
-        manifest = artifacts.write_manifest(
-            tmp,
-            stage=f"baselines/{NAME}",
-            config=asdict(cfg),
-            seed=seed,
-            inputs={"data": data_record},
-            counts={"train_users": len(train_seqs), "valid_users": len(valid_hist), "items": num_items},
-            wall_time_s=time.perf_counter() - started,
-            extra={
-                "device": str(device),
-                "valid": metrics,
-                **result.summary(),
-            },
-        )
-    import shutil
-
-    shutil.rmtree(run_dir / "baselines" / f".{NAME}.ckpt", ignore_errors=True)
-    return manifest
 
 
 def load(run_dir: Path, device: torch.device) -> tuple[SASRec, int]:

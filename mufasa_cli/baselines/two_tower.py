@@ -16,7 +16,6 @@ Legend: B users or pairs in a batch, L history length, N items, D width, F conte
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -27,13 +26,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from mufasa_cli import artifacts
-from mufasa_cli.baselines.common import training_windows
+from mufasa_cli.baselines.common import train_baseline, training_windows
 from mufasa_cli.config import TwoTowerConfig, restore
 from mufasa_cli.data import schema
 from mufasa_cli.errors import ArtifactError, DataSchemaError
 from mufasa_cli.losses import in_batch, item_log_q, sampled_softmax_loss
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
-from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
+from mufasa_cli.runtime.loop import OnStep, seed_everything
 
 WEIGHTS = "model.safetensors"
 
@@ -217,42 +216,29 @@ def train(
         )
         return top10(ranks)
 
-    ckpt = run_dir / "baselines" / f".{name}.ckpt"
-    result = fit(
-        name=name,
+    def files(tmp: Path) -> None:
+        state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items() if k != "content"}
+        meta = {"config": asdict(cfg), "num_items": num_items, "num_users": len(seqs.roles)}
+        artifacts.save_tensors(tmp / WEIGHTS, state, meta)
+
+    return train_baseline(
+        run_dir,
+        name,
+        cfg,
+        data_record,
         model=model,
-        cfg=cfg.train,
         seed=seed,
         steps_per_epoch=max(1, steps),
         batches=batches,
         step_loss=step,
-        validate=lambda: valid_metrics()["NDCG@10"],
-        checkpoint=ckpt / "model.pt",
-        fingerprint={"config": asdict(cfg), "data": data_record},
+        validate=valid_metrics,
         resume=resume,
         on_step=on_step,
+        files=files,
+        counts={"train_users": len(train_seqs), "valid_users": len(valid_hist), "items": num_items},
+        started=started,
+        device=device,
     )
-    metrics = valid_metrics()
-    with artifacts.stage_writer(run_dir / "baselines" / name, force=True) as tmp:
-        state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.state_dict().items() if k != "content"}
-        meta = {"config": asdict(cfg), "num_items": num_items, "num_users": len(seqs.roles)}
-        artifacts.save_tensors(tmp / WEIGHTS, state, meta)
-        manifest = artifacts.write_manifest(
-            tmp,
-            stage=f"baselines/{name}",
-            config=asdict(cfg),
-            seed=seed,
-            inputs={"data": data_record},
-            counts={"train_users": len(train_seqs), "valid_users": len(valid_hist), "items": num_items},
-            wall_time_s=time.perf_counter() - started,
-            extra={
-                "device": str(device),
-                "valid": metrics,
-                **result.summary(),
-            },
-        )
-    shutil.rmtree(ckpt, ignore_errors=True)
-    return manifest
 
 
 def load(name: str, run_dir: Path) -> tuple[nn.Module, TwoTowerConfig, int]:

@@ -10,7 +10,6 @@ Legend: U users, N items, M modalities, d CF/z width, d_t title width.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from mufasa_cli.mfl.lightgcn import LightGCN, normalized_adjacency, sample_negat
 from mufasa_cli.mfl.losses import cf_mse, fusion_infonce, title_consistency, title_infonce
 from mufasa_cli.runtime import dist
 from mufasa_cli.runtime.loop import OnStep, epoch_seed, fit, seed_everything
+from mufasa_cli.runtime.stage import write_stage
 
 STAGE = "fuse"
 CF_FILE, MFL_FILE, FUSED_FILE = "cf.safetensors", "mfl.safetensors", "fused.safetensors"
@@ -406,7 +406,7 @@ def run(
     if not dist.is_main():  # every rank holds the same weights; rank 0 writes them
         return {}
 
-    with artifacts.stage_writer(out_dir, force=force) as tmp:
+    def files(tmp: Path) -> None:
         artifacts.save_tensors(tmp / CF_FILE, {"item_cf": cf.item_cf, "has_cf": cf.has_cf, "user_cf": cf.user_cf})
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         artifacts.save_tensors(
@@ -415,27 +415,29 @@ def run(
             {"config": asdict(cfg.mfl), "modalities": list(data.modalities), "cf_scale": mb.cf_scale},
         )
         artifacts.save_tensors(tmp / FUSED_FILE, {"z": z})
-        manifest = artifacts.write_manifest(
-            tmp,
-            stage=STAGE,
-            config=asdict(cfg),
-            seed=seed,
-            inputs={"data": data.data_record},
-            counts={
-                "items": data.num_items,
-                "modalities": len(data.modalities),
-                "train_interactions": len(data.train_users),
-            },
-            wall_time_s=time.perf_counter() - started,
-            extra={
-                "device": str(device),
-                "world_size": dist.world(),
-                "modalities": list(data.modalities),
-                "cf": {k: v for k, v in cf.report.items() if k != "history"},
-                "mfl": {k: v for k, v in mfl_report.items() if k != "history"},
-                "diagnostics": diag,
-                "history": {"lightgcn": cf.report.get("history", []), "mfl": mfl_report["history"]},
-            },
-        )
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return manifest
+
+    return write_stage(
+        run_dir,
+        STAGE,
+        files=files,
+        config=asdict(cfg),
+        seed=seed,
+        inputs={"data": data.data_record},
+        counts={
+            "items": data.num_items,
+            "modalities": len(data.modalities),
+            "train_interactions": len(data.train_users),
+        },
+        started=started,
+        extra={
+            "device": str(device),
+            "world_size": dist.world(),
+            "modalities": list(data.modalities),
+            "cf": {k: v for k, v in cf.report.items() if k != "history"},
+            "mfl": {k: v for k, v in mfl_report.items() if k != "history"},
+            "diagnostics": diag,
+            "history": {"lightgcn": cf.report.get("history", []), "mfl": mfl_report["history"]},
+        },
+        checkpoints=ckpt_dir,
+        force=force,
+    )

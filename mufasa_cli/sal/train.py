@@ -21,7 +21,6 @@ Legend: U users, N items, L history length, R queries in a batch, d_z fused widt
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -36,7 +35,8 @@ from mufasa_cli.losses import Negatives, full_softmax_loss, in_batch, item_log_q
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.mfl.train import FUSED_FILE, MFL_FILE, load_mfl
 from mufasa_cli.runtime import dist
-from mufasa_cli.runtime.loop import OnStep, fit, seed_everything
+from mufasa_cli.runtime.loop import OnStep, seed_everything
+from mufasa_cli.runtime.stage import train_stage
 from mufasa_cli.sal.aligner import Aligner
 from mufasa_cli.sal.batches import all_batches, last_batches
 from mufasa_cli.sal.embed import user_embeddings
@@ -152,29 +152,10 @@ def run_align(
         )
         return top10(ranks)
 
-    result = fit(
-        name="sal",
-        model=model,
-        cfg=train_cfg,
-        seed=seed,
-        steps_per_epoch=max(1, -(-len(data.train_seqs) // train_cfg.batch_size)),
-        batches=batches,
-        step_loss=step,
-        validate=lambda: valid_metrics()["NDCG@10"],
-        checkpoint=run_dir / f".{STAGE}.ckpt" / "sal.pt",
-        fingerprint={"align": asdict(cfg), "fuse": fuse_record},
-        resume=resume,
-        on_step=on_step,
-    )
-    model.eval()
-    metrics = valid_metrics()
-    tau = model.tau().item()
-    if not dist.is_main():  # every rank holds the same weights; rank 0 writes them
-        return {}
-    with artifacts.stage_writer(out_dir, force=force) as tmp:
+    def files(tmp: Path) -> None:
         state = {k: v.detach().cpu().contiguous().numpy() for k, v in model.sal.state_dict().items()}
         artifacts.save_tensors(
-            tmp / SAL_FILE, state, {"config": asdict(cfg.sal), "z_dim": int(z_np.shape[1]), "tau": tau}
+            tmp / SAL_FILE, state, {"config": asdict(cfg.sal), "z_dim": int(z_np.shape[1]), "tau": model.tau().item()}
         )
         if fusion is not None:
             fstate = {k: v.detach().cpu().contiguous().numpy() for k, v in fusion.state_dict().items()}
@@ -185,26 +166,36 @@ def run_align(
             artifacts.save_tensors(tmp / IDS_FILE, {"emb": ids, "has_id": model.has_id[:, 0].bool().cpu().numpy()})
         if fusion is not None or model.ids is not None:
             artifacts.save_tensors(tmp / FUSED_FILE, {"z": current_z().cpu().numpy()})
-        manifest = artifacts.write_manifest(
-            tmp,
-            stage=STAGE,
-            config=asdict(cfg),
-            seed=seed,
-            inputs={"fuse": fuse_record, "data": data_record},
-            counts={"train_users": len(data.train_seqs), "valid_users": len(data.valid_hist), "items": N},
-            wall_time_s=time.perf_counter() - started,
-            extra={
-                "device": str(device),
-                "world_size": dist.world(),
-                "kernel": kernel,
-                "objective": cfg.sal.objective,
-                "tau": tau,
-                "valid": metrics,
-                **result.summary(),
-            },
-        )
-    shutil.rmtree(run_dir / f".{STAGE}.ckpt", ignore_errors=True)
-    return manifest
+
+    return train_stage(
+        run_dir,
+        STAGE,
+        name="sal",
+        model=model,
+        train=train_cfg,
+        seed=seed,
+        steps_per_epoch=max(1, -(-len(data.train_seqs) // train_cfg.batch_size)),
+        batches=batches,
+        step_loss=step,
+        validate=valid_metrics,
+        checkpoint=run_dir / f".{STAGE}.ckpt" / "sal.pt",
+        fingerprint={"align": asdict(cfg), "fuse": fuse_record},
+        resume=resume,
+        on_step=on_step,
+        files=files,
+        config=asdict(cfg),
+        inputs={"fuse": fuse_record, "data": data_record},
+        counts={"train_users": len(data.train_seqs), "valid_users": len(data.valid_hist), "items": N},
+        started=started,
+        device=device,
+        force=force,
+        extra=lambda: {
+            "world_size": dist.world(),
+            "kernel": kernel,
+            "objective": cfg.sal.objective,
+            "tau": model.tau().item(),
+        },
+    )
 
 
 def train_config(cfg: AlignConfig) -> TrainConfig:

@@ -256,7 +256,7 @@ def test_global_time_split_runs_the_pipeline_and_says_so(tmp_path):
 def test_eval_resume_continues_an_interrupted_baseline(embedded, tmp_path, monkeypatch):
     import shutil
 
-    from mufasa_cli.baselines import mmgcn
+    from mufasa_cli.runtime import stage
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("baselines:\n  mmgcn: {train: {epochs: 4, eval_every: 1, patience: 9}}\n")
@@ -267,7 +267,7 @@ def test_eval_resume_continues_an_interrupted_baseline(embedded, tmp_path, monke
         shutil.rmtree(runs[name] / "baselines", ignore_errors=True)
     args = ("--compare", "mmgcn", "--recipe", recipe, "--force")
     assert invoke("eval", runs["whole"], *args).exit_code == 0
-    real_fit, calls = mmgcn.fit, []
+    real_fit, calls = stage.fit, []
 
     def fit_that_dies_on_the_third_step(**kw):
         real_step = kw["step_loss"]
@@ -280,10 +280,10 @@ def test_eval_resume_continues_an_interrupted_baseline(embedded, tmp_path, monke
 
         return real_fit(**{**kw, "step_loss": step})
 
-    monkeypatch.setattr(mmgcn, "fit", fit_that_dies_on_the_third_step)
+    monkeypatch.setattr(stage, "fit", fit_that_dies_on_the_third_step)
     assert invoke("eval", runs["cut"], *args).exit_code == 1
     assert (runs["cut"] / "baselines/.mmgcn.ckpt/model.pt").is_file()
-    monkeypatch.setattr(mmgcn, "fit", real_fit)
+    monkeypatch.setattr(stage, "fit", real_fit)
     resumed = invoke("eval", runs["cut"], *args, "--resume")
     assert resumed.exit_code == 0, resumed.output
     assert artifacts.read_manifest(runs["cut"] / "baselines/mmgcn")["resumed_after_epoch"] == 2
