@@ -33,7 +33,7 @@ class PrepareConfig:
     cold_items: float = 0.0
     zero_shot_users: int | None = None  # None: the preset's (synthetic) or 0 (real data)
     on_bad_rows: Literal["fail", "skip"] = "fail"
-    min_title_tokens: int = 3  # DESIGN.md: titles shorter than 3 tokens are not title_ok
+    min_title_tokens: int = 3  # titles shorter than 3 word tokens are not title_ok (docs/data.md)
     split: Literal["loo", "global-time"] = "loo"
     split_at: tuple[float, float] = (0.8, 0.9)  # global-time: valid and test cutoffs as time quantiles
 

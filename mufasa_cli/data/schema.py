@@ -1,4 +1,4 @@
-"""The data/ artifact contract (DESIGN.md section 2), in one place.
+"""The data/ artifact contract (docs/artifacts.md), in one place.
 
 Ids: items are 0..N-1 and users 0..U-1 in the artifacts, both in natural order of their raw
 ids. Later stages that batch histories right-pad them and carry explicit lengths; a padded
@@ -7,7 +7,7 @@ slot is masked by length, never recognised by its id.
 Splits: for `train`-role users the last interaction is `test`, the one before it `valid`,
 the rest `train` (leave-one-out by timestamp, ties keep file order). For `zero_shot` users the
 last `ZERO_SHOT_TARGETS` are `test` and the rest `history`: the input context a zero-shot user
-arrives with, never trained on. (DESIGN.md lists train/valid/test only; `history` is added so
+arrives with, never trained on. (`history` rather than `train`, so
 that a training stage that filters on split == "train" cannot see zero-shot users at all.)
 """
 

@@ -1,4 +1,4 @@
-"""Evaluation protocols over RUN/data (DESIGN section 6).
+"""Evaluation protocols over RUN/data (docs/evaluation.md).
 
 - `loo`: train-role users; history = every interaction but the test one (train + valid),
   target = the test item. HR@k, NDCG@k, MRR.

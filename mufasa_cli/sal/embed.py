@@ -41,7 +41,7 @@ def user_embeddings(
     Users go in order of length, in batches of about `tokens` padded positions: little
     padding, and each (B, L, D) tensor small enough (4 MB at D = 64) that the allocator
     reuses its memory batch after batch. Tensors of tens of MB are fresh pages from the OS
-    every time, and faulting them in cost more than the arithmetic (README, attention
+    every time, and faulting them in cost more than the arithmetic (docs/performance.md, attention
     benchmark).
     """
     model.eval()

@@ -20,7 +20,6 @@ Legend: U users, N items, L history length, R queries in a batch, d_z fused widt
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from mufasa_cli import artifacts
 from mufasa_cli.config import AlignConfig, RecipeError, TrainConfig
 from mufasa_cli.data.sequences import load_sequences, split_for_training
-from mufasa_cli.losses import Negatives, full_softmax_loss, in_batch, item_log_q, sampled_softmax_loss, uniform
+from mufasa_cli.losses import item_log_q
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.mfl.train import FUSED_FILE, MFL_FILE, load_mfl
 from mufasa_cli.runtime import dist
@@ -75,71 +74,18 @@ def run_align(
     if cfg.item_ids:  # the items trained on; cold ones keep their content z
         ids_for = torch.zeros(N, dtype=torch.bool)
         ids_for[trained] = True
-    model = Aligner(SALEncoder(z_np.shape[1], cfg.sal), cfg.tau, cfg.learn_tau, fusion, ids_for).to(device)
+    log_p = item_log_q(trained, N)
+    z = torch.as_tensor(z_np)
+    model = Aligner(SALEncoder(z_np.shape[1], cfg.sal), cfg, z, log_p, fusion, mb, ids_for).to(device)
     model.sal.kernel = kernel
-    frozen_z = torch.as_tensor(z_np, device=device)
-    log_p = item_log_q(trained, N).to(device)
     train_cfg = train_config(cfg)
     make = all_batches if cfg.sal.objective == "all" else last_batches
     batches = make(data, train_cfg.batch_size, cfg.sal.max_len, device, cfg.length_pool)
 
-    def item_vectors(items: torch.Tensor, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(unique items, their content z) for the ids in `items`; z recomputed when finetuning."""
-        unique = torch.unique(items)
-        if fusion is None:
-            return unique, frozen_z[unique]
-        return unique, mb.encode(fusion, unique, train)
-
-    def step(batch):
-        ids, lengths, qpos, targets = batch
-        real = targets >= 0
-        if cfg.full_softmax:  # every item a column: the catalogue's z (and e) each step
-            extra = torch.arange(N, device=device)
-        else:
-            extra = torch.randint(0, N, (cfg.uniform_negatives,), device=device)
-        unique, content = item_vectors(torch.cat([ids.flatten(), targets[real], extra]), True)
-        z_u = model.with_ids(content, unique)
-        local = lambda x: torch.searchsorted(unique, x)  # noqa: E731  item id -> row of z_u
-        out, _ = model.sal.encode(z_u[local(ids)], lengths, qpos)
-        u, t = out[real], targets[real]  # (R, D), (R,)
-        e_all = model.sal.items(z_u)
-        if cfg.full_softmax:  # exact softmax over the catalogue: no sampling, so no correction
-            loss = full_softmax_loss(u, e_all, t, model.tau())
-        else:
-            loss = sampled_loss(u, t, e_all, local, extra)
-        shown = {"softmax": loss.item()}
-        if fusion is not None and cfg.mfl_weight > 0:
-            batch_items = torch.unique(torch.cat([ids.flatten(), t]))  # eq. 5 on the batch's items
-            aux, mfl_parts = mb.loss(fusion, batch_items, True, z=content[local(batch_items)])
-            loss = loss + cfg.mfl_weight * aux
-            shown["mfl"] = mfl_parts["total"]
-        if cfg.learn_tau:
-            shown["tau"] = model.tau().item()
-        return loss, shown
-
-    def sampled_loss(u, t, e_all, local, extra) -> torch.Tensor:
-        """In-batch softmax with logQ correction, plus the uniform draws `extra` as columns."""
-        e = e_all[local(t)]
-        if cfg.sal.objective == "all" and len(t) > cfg.in_batch_negatives:
-            cols = torch.randperm(len(t), device=device)[: cfg.in_batch_negatives]
-        else:
-            cols = torch.arange(len(t), device=device)
-        parts = [in_batch(e[cols], t[cols], log_p)]
-        if cfg.uniform_negatives:
-            drawn, counts = torch.unique(extra, return_counts=True)  # a column per item, not per draw
-            parts.append(uniform(e_all[local(drawn)], drawn, N, counts))
-        own = log_p[t] + math.log(len(cols))  # the positive's in-batch correction
-        return sampled_softmax_loss(u, e, t, own, Negatives.cat(parts), model.tau())
-
     seen = history_csr(data.valid_hist)
 
-    @torch.no_grad()
-    def current_z() -> torch.Tensor:
-        z = frozen_z if fusion is None else torch.as_tensor(mb.embed_all(fusion)[0], device=device)
-        return model.with_ids(z)
-
     def valid_metrics() -> dict[str, float]:
-        z = current_z()
+        z = model.current_z()
         users = user_embeddings(model.sal, z, data.valid_hist, cfg.sal.max_len)
         with torch.no_grad():
             items = model.sal.items(z)
@@ -165,7 +111,7 @@ def run_align(
             ids = (model.ids * model.has_id).detach().cpu().numpy()
             artifacts.save_tensors(tmp / IDS_FILE, {"emb": ids, "has_id": model.has_id[:, 0].bool().cpu().numpy()})
         if fusion is not None or model.ids is not None:
-            artifacts.save_tensors(tmp / FUSED_FILE, {"z": current_z().cpu().numpy()})
+            artifacts.save_tensors(tmp / FUSED_FILE, {"z": model.current_z().cpu().numpy()})
 
     return train_stage(
         run_dir,
@@ -176,7 +122,7 @@ def run_align(
         seed=seed,
         steps_per_epoch=max(1, -(-len(data.train_seqs) // train_cfg.batch_size)),
         batches=batches,
-        step_loss=step,
+        step_loss=model,
         validate=valid_metrics,
         checkpoint=run_dir / f".{STAGE}.ckpt" / "sal.pt",
         fingerprint={"align": asdict(cfg), "fuse": fuse_record},

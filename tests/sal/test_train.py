@@ -12,9 +12,8 @@ from mufasa_cli import artifacts
 from mufasa_cli import losses as loss
 from mufasa_cli.config import SALConfig
 from mufasa_cli.data import sequences
+from mufasa_cli.sal import aligner, embed, fast, files
 from mufasa_cli.sal import batches as sal_batches
-from mufasa_cli.sal import embed, fast, files
-from mufasa_cli.sal import train as sal_train
 from mufasa_cli.sal.model import SALEncoder
 from tests.conftest import folder_digest, invoke
 
@@ -207,10 +206,10 @@ def test_resume_replays_an_interrupted_run_exactly(fused, tmp_path, monkeypatch)
             raise RuntimeError("killed")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sal_train, "sampled_softmax_loss", crash_on_third_step)
+    monkeypatch.setattr(aligner, "sampled_softmax_loss", crash_on_third_step)
     assert invoke("align-train", run, "--epochs", "4").exit_code == 1
     assert (run / ".align.ckpt/sal.pt").is_file() and not (run / "align").exists()
-    monkeypatch.setattr(sal_train, "sampled_softmax_loss", real)
+    monkeypatch.setattr(aligner, "sampled_softmax_loss", real)
     result = invoke("align-train", run, "--epochs", "4", "--resume")
     assert result.exit_code == 0, result.output
     a = artifacts.load_tensors(whole / "align/sal.safetensors", {})

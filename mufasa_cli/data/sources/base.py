@@ -52,7 +52,7 @@ class RawDataset:
     title_vectors: RawModality | None = None
     # Users the source itself holds out as zero-shot (synthetic); otherwise sampled in prepare.
     zero_shot_users: list[str] | None = None
-    # The title text is also fed to the MFL as a modality (DESIGN: a real item whose title is
+    # The title text is also fed to the MFL as a modality (a real item whose title is
     # its only text still gets it as a modality as well as the anchor).
     title_as_modality: bool = True
     # Keep item rows that have no interaction in the catalogue (synthetic: every generated item
