@@ -257,6 +257,21 @@ class AlignConfig:
         if self.uniform_negatives < 0 or self.mfl_weight < 0 or self.length_pool < 0:
             raise RecipeError("uniform_negatives, mfl_weight and length_pool must be >= 0")
 
+    @property
+    def schedule(self) -> str:
+        """The training schedule the objective uses: `train_all` for `all`, else `train`."""
+        return "train_all" if self.sal.objective == "all" else "train"
+
+    def training(self) -> TrainConfig:
+        """The schedule in force (see `schedule`)."""
+        return getattr(self, self.schedule)
+
+    def with_training(self, **changes) -> AlignConfig:
+        """This config with `changes` (epochs, lr, ...) made to the schedule in force."""
+        import dataclasses
+
+        return dataclasses.replace(self, **{self.schedule: dataclasses.replace(self.training(), **changes)})
+
 
 @dataclass(frozen=True)
 class SASRecConfig:
@@ -507,3 +522,24 @@ def merged_for_record(run_dir, used: Recipe, section: str, given: bool) -> Recip
     at = RECIPE_SECTIONS.index(section)
     keep = RECIPE_SECTIONS[:at] + (() if given else RECIPE_SECTIONS[at + 1 :])
     return dataclasses.replace(used, **{s: getattr(recorded, s) for s in keep})
+
+
+def apply_sets(recipe: Recipe, sets: list[str] | None) -> Recipe:
+    """`recipe` with each `--set section.key=value` applied in order (the value read as YAML:
+    16, 1e-3, true, [a, b]); every recipe setting can be changed from the command line this
+    way, so a new setting needs no flag of its own."""
+    from mufasa_cli import yaml_strict
+
+    for item in sets or []:
+        key, sep, text = item.partition("=")
+        path = [p.strip() for p in key.split(".")]
+        if not sep or not all(path):
+            raise RecipeError(f"--set {item!r}: expected section.key=value, e.g. align.sal.block_size=16")
+        try:
+            value = yaml_strict.load(text)
+        except Exception:  # noqa: BLE001 - not YAML: the text itself
+            value = text
+        for part in reversed(path):
+            value = {part: value}
+        recipe = _merge(recipe, value, "--set")
+    return recipe

@@ -124,3 +124,30 @@ def test_what_a_stage_records_keeps_upstream_sections(tmp_path):
     # eval records only the baselines section
     m = merged_for_record(tmp_path, dataclasses.replace(b), "baselines", True)
     assert m.fuse == a.fuse and m.align == a.align and m.baselines == b.baselines
+
+
+def test_set_changes_any_recipe_setting_by_its_path():
+    from mufasa_cli.config import apply_sets
+
+    r = apply_sets(
+        Recipe(), ["align.sal.block_size=16", "align.tau=5e-2", "align.sal.without=[window]", "align.item_ids=true"]
+    )
+    assert (
+        r.align.sal.block_size == 16 and r.align.tau == 0.05 and r.align.sal.without == ("window",) and r.align.item_ids
+    )
+    assert r.fuse == Recipe().fuse
+    with pytest.raises(RecipeError, match=r"--set.align.sal: unknown key 'blok'"):
+        apply_sets(Recipe(), ["align.sal.blok=4"])
+    with pytest.raises(RecipeError, match=r"expected section.key=value"):
+        apply_sets(Recipe(), ["align.sal.block_size"])
+    with pytest.raises(RecipeError, match=r"align.sal.block_size: expected int, got 'many'"):
+        apply_sets(Recipe(), ["align.sal.block_size=many"])
+
+
+def test_the_align_config_decides_which_schedule_a_flag_changes():
+    from mufasa_cli.config import AlignConfig, SALConfig
+
+    last = AlignConfig().with_training(epochs=3)
+    assert last.schedule == "train" and last.train.epochs == 3 and last.train_all == AlignConfig().train_all
+    every = AlignConfig(sal=SALConfig(objective="all")).with_training(lr=0.01)
+    assert every.schedule == "train_all" and every.train_all.lr == 0.01 and every.training() is every.train_all

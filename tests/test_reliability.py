@@ -279,3 +279,16 @@ def test_ablate_defaults_to_loo_without_zero_shot_users_and_takes_comma_lists(tm
     assert result.exit_code == 0, result.output
     assert (run / "ablate" / "tables-loo.json").is_file() and (run / "ablate" / "w-o-block").is_dir()
     assert "w/o window attention" in result.stdout and "w/o block attention" in result.stdout
+
+
+def test_set_reaches_a_setting_without_a_flag_and_is_recorded(trained, tmp_path):
+    run = _copy(trained[0], tmp_path)
+    result = invoke("align-train", run, "--epochs", "1", "--set", "align.sal.block_size=4", "--force")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((run / "align" / "manifest.json").read_text())
+    assert manifest["config"]["sal"]["block_size"] == 4
+    from mufasa_cli.config import load_recipe
+
+    assert load_recipe(str(run / "recipe.yaml")).align.sal.block_size == 4
+    err = _one_line_error(invoke("align-train", run, "--set", "align.sal.blok=4", "--force"))
+    assert "unknown key 'blok'" in err

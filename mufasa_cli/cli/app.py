@@ -72,11 +72,12 @@ def _guarded(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _recipe(run: Path, recipe: list[Path] | None, sections: tuple[str, ...]):
-    """The recipe eval or ablate uses on RUN (config.recipe_for_run), its notice printed."""
-    from mufasa_cli.config import RUN_RECIPE, recipe_for_run
+def _recipe(run: Path, recipe: list[Path] | None, sections: tuple[str, ...], sets: list[str] | None = None):
+    """The recipe eval or ablate uses on RUN (config.recipe_for_run, then --set), its notice printed."""
+    from mufasa_cli.config import RUN_RECIPE, apply_sets, recipe_for_run
 
     chosen, notice = recipe_for_run(run, [str(r) for r in recipe] if recipe else None, sections)
+    chosen = apply_sets(chosen, sets)
     if notice:
         render.notice_line(notice)
     elif not recipe and (run / RUN_RECIPE).is_file():
@@ -283,6 +284,14 @@ def fuse_train(
             "What the stage used (flags included) is recorded in RUN/recipe.yaml for eval and ablate."
         ),
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any recipe setting as section.key=value, e.g. align.sal.block_size=16 or "
+            "baselines.sasrec.train.lr=1e-3 (repeatable). Applied after --recipe; the flags here override it.",
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="MFL epochs (upper bound; early stopping may end sooner).")] = None,
     cf_epochs: Annotated[int | None, typer.Option(help="LightGCN epochs (upper bound).")] = None,
     lr: Annotated[float | None, typer.Option(help="MFL learning rate.")] = None,
@@ -318,11 +327,11 @@ def fuse_train(
     _check_seed(seed)
     import dataclasses
 
-    from mufasa_cli.config import load_recipe
+    from mufasa_cli.config import apply_sets, load_recipe
     from mufasa_cli.mfl.train import run as fuse_run
     from mufasa_cli.runtime.device import resolve_device
 
-    full = load_recipe([str(r) for r in recipe] if recipe else None)
+    full = apply_sets(load_recipe([str(r) for r in recipe] if recipe else None), set_)
     cfg = full.fuse
     mfl, cf = cfg.mfl, cfg.cf
     train_changes = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
@@ -351,7 +360,7 @@ def fuse_train(
             run, cfg, seed=seed, device=dev, retrain_cf=retrain_cf, resume=resume, force=force, on_step=on_step
         ),
         dataclasses.replace(full, fuse=cfg),
-        bool(recipe),
+        bool(recipe or set_),
     )
     if not manifest:  # a rank other than 0 under torchrun: rank 0 wrote and reports
         return
@@ -399,6 +408,14 @@ def align_train(
         typer.Option(
             help="Recipe YAML (section align: sal, tau, train, train_all, ...); flags override it. Repeat to layer recipes: later files override earlier ones. "
             "What the stage used (flags included) is recorded in RUN/recipe.yaml for eval and ablate."
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any recipe setting as section.key=value, e.g. align.sal.block_size=16 or "
+            "baselines.sasrec.train.lr=1e-3 (repeatable). Applied after --recipe; the flags here override it.",
         ),
     ] = None,
     objective: Annotated[
@@ -491,11 +508,11 @@ def align_train(
     _check_seed(seed)
     import dataclasses
 
-    from mufasa_cli.config import load_recipe
+    from mufasa_cli.config import apply_sets, load_recipe
     from mufasa_cli.runtime.device import resolve_device
-    from mufasa_cli.sal.train import run_align, train_config
+    from mufasa_cli.sal.train import run_align
 
-    full = load_recipe([str(r) for r in recipe] if recipe else None)
+    full = apply_sets(load_recipe([str(r) for r in recipe] if recipe else None), set_)
     cfg = full.align
     sal = _replace_given(
         cfg.sal,
@@ -521,9 +538,8 @@ def align_train(
         item_ids=item_ids,
         length_pool=length_pool,
     )
-    schedule = "train_all" if sal.objective == "all" else "train"
-    cfg = dataclasses.replace(
-        cfg, **{schedule: _replace_given(train_config(cfg), epochs=epochs, lr=lr, batch_size=batch_size)}
+    cfg = cfg.with_training(
+        **{k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
     )
     dev = resolve_device(device)
     manifest = _train_locked(
@@ -534,7 +550,7 @@ def align_train(
             run, cfg, seed=seed, device=dev, resume=resume, force=force, on_step=on_step, kernel=kernel
         ),
         dataclasses.replace(full, align=cfg),
-        bool(recipe),
+        bool(recipe or set_),
     )
     if not manifest:  # a rank other than 0 under torchrun: rank 0 wrote and reports
         return
@@ -647,6 +663,14 @@ def eval_(
             "(default: the recipe RUN/recipe.yaml records, which fuse-train and align-train write)"
         ),
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any recipe setting as section.key=value, e.g. align.sal.block_size=16 or "
+            "baselines.sasrec.train.lr=1e-3 (repeatable). Applied after --recipe; the flags here override it.",
+        ),
+    ] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train the baselines again even when cached.")] = False,
     resume: Annotated[
         bool,
@@ -713,9 +737,9 @@ def eval_(
     if unknown:
         raise MufasaError(f"--compare {unknown[0]!r}: choose from {', '.join(BASELINES)}")
     with artifacts.run_lock(run, "eval"):
-        cfg = _recipe(run, recipe, ("baselines",)) if names else None
+        cfg = _recipe(run, recipe, ("baselines",), set_) if names else None
         _discard_notice([run / "baselines" / f".{n}.ckpt" for n in names], resume)
-        _eval_locked(run, names, cfg, recipe, seed, device, retrain, resume, jobs)
+        _eval_locked(run, names, cfg, recipe or set_, seed, device, retrain, resume, jobs)
         result = run_eval(
             run, protocol=protocol, compare=names, ks=ks, keep_seen=keep_seen, test=test, chunk=chunk, slices=slices
         )
@@ -803,6 +827,14 @@ def ablate(
             "(default: the recipe RUN/recipe.yaml records: the full model's own settings)"
         ),
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any recipe setting as section.key=value, e.g. align.sal.block_size=16 or "
+            "baselines.sasrec.train.lr=1e-3 (repeatable). Applied after --recipe; the flags here override it.",
+        ),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the variants' training. (default: the full model's, from RUN/align)")
     ] = None,
@@ -859,7 +891,7 @@ def ablate(
     from mufasa_cli import artifacts
 
     with artifacts.run_lock(run, "ablate"):
-        cfg = _recipe(run, recipe, ("fuse", "align"))
+        cfg = _recipe(run, recipe, ("fuse", "align"), set_)
         if seed is None:
             seed = ab.full_model_seed(run)
         table5, table6 = _ablate_locked(run, parts, cells, cfg, protocol, ks, seed, resolve_device(device), jobs)

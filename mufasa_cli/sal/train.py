@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mufasa_cli import artifacts
-from mufasa_cli.config import AlignConfig, RecipeError, TrainConfig
+from mufasa_cli.config import AlignConfig, RecipeError
 from mufasa_cli.data.sequences import load_sequences, split_for_training
 from mufasa_cli.losses import item_log_q
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
@@ -78,7 +78,7 @@ def run_align(
     z = torch.as_tensor(z_np)
     model = Aligner(SALEncoder(z_np.shape[1], cfg.sal), cfg, z, log_p, fusion, mb, ids_for).to(device)
     model.sal.kernel = kernel
-    train_cfg = train_config(cfg)
+    train_cfg = cfg.training()
     make = all_batches if cfg.sal.objective == "all" else last_batches
     batches = make(data, train_cfg.batch_size, cfg.sal.max_len, device, cfg.length_pool)
 
@@ -142,8 +142,3 @@ def run_align(
             "tau": model.tau().item(),
         },
     )
-
-
-def train_config(cfg: AlignConfig) -> TrainConfig:
-    """The training schedule of the configured objective."""
-    return cfg.train_all if cfg.sal.objective == "all" else cfg.train
