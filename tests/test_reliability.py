@@ -283,10 +283,12 @@ def test_ablate_defaults_to_loo_without_zero_shot_users_and_takes_comma_lists(tm
 
 def test_set_reaches_a_setting_without_a_flag_and_is_recorded(trained, tmp_path):
     run = _copy(trained[0], tmp_path)
-    result = invoke("align-train", run, "--epochs", "1", "--set", "align.sal.block_size=4", "--force")
+    # in_batch_negatives has no flag of its own: --set reaches it all the same
+    args = ("--set", "align.sal.block_size=4", "--set", "align.in_batch_negatives=64")
+    result = invoke("align-train", run, "--epochs", "1", *args, "--force")
     assert result.exit_code == 0, result.output
     manifest = json.loads((run / "align" / "manifest.json").read_text())
-    assert manifest["config"]["sal"]["block_size"] == 4
+    assert manifest["config"]["sal"]["block_size"] == 4 and manifest["config"]["in_batch_negatives"] == 64
     from mufasa_cli.config import load_recipe
 
     assert load_recipe(str(run / "recipe.yaml")).align.sal.block_size == 4

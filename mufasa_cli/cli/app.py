@@ -273,6 +273,13 @@ def prepare(
     render.out.print(f"wrote {run_dir / 'data'}")
 
 
+SET_OPTION = typer.Option(
+    "--set",
+    help="Any recipe setting as section.key=value, e.g. align.sal.block_size=16 or "
+    "baselines.sasrec.train.lr=1e-3 (repeatable). Applied after --recipe; the flags here override it.",
+)
+
+
 @app.command("fuse-train")
 @_guarded
 def fuse_train(
@@ -284,14 +291,7 @@ def fuse_train(
             "What the stage used (flags included) is recorded in RUN/recipe.yaml for eval and ablate."
         ),
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Any recipe setting as section.key=value, e.g. align.sal.block_size=16 or "
-            "baselines.sasrec.train.lr=1e-3 (repeatable). Applied after --recipe; the flags here override it.",
-        ),
-    ] = None,
+    set_: Annotated[list[str] | None, SET_OPTION] = None,
     epochs: Annotated[int | None, typer.Option(help="MFL epochs (upper bound; early stopping may end sooner).")] = None,
     cf_epochs: Annotated[int | None, typer.Option(help="LightGCN epochs (upper bound).")] = None,
     lr: Annotated[float | None, typer.Option(help="MFL learning rate.")] = None,
@@ -410,14 +410,7 @@ def align_train(
             "What the stage used (flags included) is recorded in RUN/recipe.yaml for eval and ablate."
         ),
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Any recipe setting as section.key=value, e.g. align.sal.block_size=16 or "
-            "baselines.sasrec.train.lr=1e-3 (repeatable). Applied after --recipe; the flags here override it.",
-        ),
-    ] = None,
+    set_: Annotated[list[str] | None, SET_OPTION] = None,
     objective: Annotated[
         str | None,
         typer.Option(
@@ -663,14 +656,7 @@ def eval_(
             "(default: the recipe RUN/recipe.yaml records, which fuse-train and align-train write)"
         ),
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Any recipe setting as section.key=value, e.g. align.sal.block_size=16 or "
-            "baselines.sasrec.train.lr=1e-3 (repeatable). Applied after --recipe; the flags here override it.",
-        ),
-    ] = None,
+    set_: Annotated[list[str] | None, SET_OPTION] = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train the baselines again even when cached.")] = False,
     resume: Annotated[
         bool,
@@ -827,14 +813,7 @@ def ablate(
             "(default: the recipe RUN/recipe.yaml records: the full model's own settings)"
         ),
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="Any recipe setting as section.key=value, e.g. align.sal.block_size=16 or "
-            "baselines.sasrec.train.lr=1e-3 (repeatable). Applied after --recipe; the flags here override it.",
-        ),
-    ] = None,
+    set_: Annotated[list[str] | None, SET_OPTION] = None,
     seed: Annotated[
         int | None, typer.Option(help="Seed of the variants' training. (default: the full model's, from RUN/align)")
     ] = None,
