@@ -4,11 +4,10 @@ When WORLD_SIZE > 1 (torchrun sets it, with RANK, LOCAL_RANK, MASTER_ADDR and MA
 `setup` joins the process group: gloo on CPU, NCCL on CUDA (one GPU per process, picked by
 LOCAL_RANK). Every rank builds the same model from the same seed and draws the same epoch
 order; `shard` hands rank r the batches r, r + N, r + 2N, ... of that order, so the ranks
-split each epoch between them (the last round padded with the epoch's first batches). After each backward `average_gradients` all-reduces the
-gradients (the mean over ranks, what DistributedDataParallel computes), so the weights stay
-identical on every rank. The trainers call submodules (the SAL's encode, the fusion network)
-rather than one forward(), so the all-reduce is done here instead of through the DDP
-wrapper's forward hooks. Validation runs on every rank (the same weights, the same number),
+split each epoch between them (the last round padded with the epoch's first batches). The
+training loop wraps each trainer's step in DistributedDataParallel (runtime/loop.py), which
+averages the gradients during backward, so the weights stay identical on every rank.
+Validation runs on every rank (the same weights, the same number),
 so every rank takes the same early-stopping decision; only rank 0 writes checkpoints and
 artifacts, and only rank 0 prints.
 
@@ -76,21 +75,3 @@ def shard(batches: Iterable[Any]) -> Iterator[Any]:
         if len(round_) < n:
             round_ += [first[i % len(first)] for i in range(n - len(round_))]
         yield round_[r]
-
-
-def average_gradients(params: list[torch.nn.Parameter]) -> None:
-    """Replace each gradient by its mean over the ranks (one all-reduce of all of them)."""
-    n = world()
-    if n == 1:
-        return
-    for p in params:  # a parameter that this rank's batch did not reach: zero, as DDP counts it
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    grads = [p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= n
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()

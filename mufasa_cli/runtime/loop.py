@@ -1,7 +1,9 @@
 """The training loop every trainer shares.
 
-Under torchrun each rank trains on its share of every epoch's batches and the gradients are
-averaged across ranks after each backward (runtime/dist.py); only rank 0 writes checkpoints.
+Under torchrun each rank trains on its share of every epoch's batches (runtime/dist.py) and
+DistributedDataParallel averages the gradients across ranks during each backward: the step is
+wrapped as a module (`StepModule`) so that every trainer's step, whether a model's forward or
+a function of several submodules, goes through it. Only rank 0 writes checkpoints.
 
 Seeded and deterministic on CPU: epoch e draws its batch order and its random ops from
 seeds derived from (seed, e), never from state carried over from earlier epochs, so a run
@@ -60,6 +62,34 @@ CHECKPOINT_KEYS = (
     "best_state",
     "history",
 )
+
+
+class StepModule(nn.Module):
+    """A training step as a module: forward(batch) = step_loss(batch), with `model` registered
+    so that DistributedDataParallel sees (and averages the gradients of) its parameters."""
+
+    def __init__(self, model: nn.Module, step_loss: Callable[[Any], tuple[torch.Tensor, dict[str, float]]]):
+        super().__init__()
+        self.model = model
+        self.step_loss = step_loss
+
+    def forward(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.step_loss(batch)
+
+
+def _runner(model: nn.Module, step_loss: Callable) -> Callable:
+    """What a step calls: step_loss itself, or under torchrun the step wrapped in DDP."""
+    if dist.world() == 1:
+        return step_loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = next(model.parameters()).device
+    return DistributedDataParallel(
+        StepModule(model, step_loss),
+        device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False,  # every rank built the same buffers from the same seed
+        find_unused_parameters=True,  # a batch need not reach every parameter (item ids, towers)
+    )
 
 
 def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
@@ -220,6 +250,7 @@ def fit(
     elif checkpoint.exists() and dist.is_main():
         checkpoint.unlink()
 
+    run_step = _runner(model, step_loss)
     stopped_early = False
     epoch = start_epoch - 1
     done = start_epoch >= cfg.epochs or (start_epoch > 0 and bad_evals >= cfg.patience)
@@ -230,12 +261,11 @@ def fit(
         sums: dict[str, float] = {}
         n = 0
         for step, batch in enumerate(dist.shard(batches(rng))):
-            loss, parts = step_loss(batch)
+            loss, parts = run_step(batch)
             if not torch.isfinite(loss):
                 _diverged(name, epoch, step, parts, checkpoint, f"loss is {loss.item()}")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            dist.average_gradients(params)
+            loss.backward()  # under torchrun DDP averages the gradients across ranks here
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             if not torch.isfinite(norm):
                 _diverged(name, epoch, step, parts, checkpoint, f"gradient norm is {norm.item()}")
