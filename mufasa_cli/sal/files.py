@@ -11,7 +11,7 @@ import torch
 from mufasa_cli import artifacts
 from mufasa_cli.config import SALConfig, restore
 from mufasa_cli.mfl.train import FUSED_FILE
-from mufasa_cli.sal.model import SALEncoder, resolve_kernel, upgrade_state
+from mufasa_cli.sal.model import SALEncoder, upgrade_state
 
 STAGE = "align"
 SAL_FILE = "sal.safetensors"
@@ -46,8 +46,7 @@ def load_sal(run_dir: Path, device: torch.device, kernel: str = "auto") -> tuple
     artifacts.check_not_stale(align_dir)
     meta = artifacts.tensor_metadata(align_dir / SAL_FILE)
     cfg = restore(SALConfig(), meta["config"], str(align_dir / SAL_FILE))
-    model = SALEncoder(int(meta["z_dim"]), cfg)
+    model = SALEncoder(int(meta["z_dim"]), cfg, kernel)
     state = artifacts.load_tensors(align_dir / SAL_FILE, {})
     model.load_state_dict(upgrade_state({k: torch.as_tensor(v) for k, v in state.items()}))
-    model.kernel = resolve_kernel(kernel)
     return model.to(device).eval(), manifest

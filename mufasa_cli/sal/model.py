@@ -87,7 +87,7 @@ class SALLayer(nn.Module):
     residual stream. Stacked layers (cfg.layers > 1, beyond the paper) are pre-norm residual
     blocks, each with a feed-forward sublayer (`ffn`) and the LayerNorms `norm1`, `norm2`."""
 
-    def __init__(self, cfg: SALConfig, stacked: bool = False):
+    def __init__(self, cfg: SALConfig, stacked: bool = False, kernel: str = "auto"):
         super().__init__()
         D = cfg.d_model
         self.cfg = cfg
@@ -102,7 +102,7 @@ class SALLayer(nn.Module):
         self.gate = nn.Linear(D, len(self.branches)) if self.branches else None
         self.out = nn.Linear(D, D)
         self.causal = cfg.objective == "all"
-        self.kernel = "reference"  # how the branches are computed (KERNELS): same results, not saved
+        self.kernel = resolve_kernel(kernel)  # how the branches are computed (KERNELS): same results, not saved
         if stacked:
             self.norm1, self.norm2 = nn.LayerNorm(D), nn.LayerNorm(D)
             self.ffn = nn.Sequential(nn.Linear(D, cfg.ffn_mult * D), nn.GELU(), nn.Linear(cfg.ffn_mult * D, D))
@@ -271,7 +271,11 @@ class SALLayer(nn.Module):
 
 
 class SALEncoder(nn.Module):
-    def __init__(self, z_dim: int, cfg: SALConfig):
+    """The SAL: item and history towers, positions, and cfg.layers SAL layers whose branches
+    are computed by `kernel` (auto = fast; reference, flex), chosen here and changeable
+    later through `.kernel` (parity checks switch it on one set of weights)."""
+
+    def __init__(self, z_dim: int, cfg: SALConfig, kernel: str = "auto"):
         super().__init__()
         D = cfg.d_model
         self.cfg = cfg
@@ -281,7 +285,7 @@ class SALEncoder(nn.Module):
         nn.init.normal_(self.position.weight, std=0.02)
         self.drop = nn.Dropout(cfg.dropout)  # on h while training; the identity in eval mode
         stacked = cfg.layers > 1
-        self.layers = nn.ModuleList(SALLayer(cfg, stacked) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(SALLayer(cfg, stacked, kernel) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(D) if stacked else None  # the stack's final pre-norm
         self.causal = cfg.objective == "all"
 

@@ -76,8 +76,7 @@ def run_align(
         ids_for[trained] = True
     log_p = item_log_q(trained, N)
     z = torch.as_tensor(z_np)
-    model = Aligner(SALEncoder(z_np.shape[1], cfg.sal), cfg, z, log_p, fusion, mb, ids_for).to(device)
-    model.sal.kernel = kernel
+    model = Aligner(SALEncoder(z_np.shape[1], cfg.sal, kernel), cfg, z, log_p, fusion, mb, ids_for).to(device)
     train_cfg = cfg.training()
     make = all_batches if cfg.sal.objective == "all" else last_batches
     batches = make(data, train_cfg.batch_size, cfg.sal.max_len, device, cfg.length_pool)
