@@ -30,22 +30,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from mufasa_cli.config import BRANCHES, RecipeError, SALConfig
-from mufasa_cli.sal import fast, flex
-from mufasa_cli.sal.attention import (
-    attend,
-    block_attention,
-    block_items,
-    block_vectors,
-    gate,
-    gather_items,
-    paper_window_sizes,
-    select_blocks,
-    selected_positions,
-    selective_attention,
-    visible_blocks,
-    window_attention,
-    window_positions,
-)
+from mufasa_cli.sal import fast
+from mufasa_cli.sal.attention import gate, paper_window_sizes, visible_blocks
+from mufasa_cli.sal.kernels import KERNEL_OPS, Inputs
 
 KERNELS = ("auto", "reference", "fast", "flex")
 
@@ -102,37 +89,55 @@ class SALLayer(nn.Module):
         self.gate = nn.Linear(D, len(self.branches)) if self.branches else None
         self.out = nn.Linear(D, D)
         self.causal = cfg.objective == "all"
-        self.kernel = resolve_kernel(kernel)  # how the branches are computed (KERNELS): same results, not saved
+        self.kernel = kernel  # chooses self.ops (kernels.py): same results, not saved
         if stacked:
             self.norm1, self.norm2 = nn.LayerNorm(D), nn.LayerNorm(D)
             self.ffn = nn.Sequential(nn.Linear(D, cfg.ffn_mult * D), nn.GELU(), nn.Linear(cfg.ffn_mult * D, D))
+
+    @property
+    def kernel(self) -> str:
+        """How the branches are computed (KERNELS): same results, not saved."""
+        return self.ops.name
+
+    @kernel.setter
+    def kernel(self, kernel: str) -> None:
+        self.ops = KERNEL_OPS[resolve_kernel(kernel)]
 
     def mix(
         self, h: torch.Tensor, q: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor
     ) -> tuple[torch.Tensor, Explanation]:
         """h (B, L, D) the history rows, q (B, Q, D) the query rows at positions qpos (B, Q) ->
-        the mixed branch outputs (B, Q, D) and what they attended to."""
-        cfg, H = self.cfg, self.cfg.num_heads
+        the mixed branch outputs (B, Q, D) and what they attended to. The one orchestration
+        of the branches; the kernel's ops (kernels.py) compute each."""
+        cfg = self.cfg
         B, L, D = h.shape
-        ex = Explanation()
         if cfg.attention == "mean":
             real = (torch.arange(L, device=h.device)[None, :] < lengths[:, None]).to(h.dtype)
             running = (h * real[..., None]).cumsum(1)  # (B, L, D)
-            return running[torch.arange(B, device=h.device)[:, None], qpos] / (qpos + 1)[..., None].to(h.dtype), ex
+            mean = running[torch.arange(B, device=h.device)[:, None], qpos] / (qpos + 1)[..., None].to(h.dtype)
+            return mean, Explanation()
+        x = Inputs(h, q, lengths, qpos, fast.dense_queries(qpos, L))
         if cfg.attention == "full":
-            p = self.full
-            upto = torch.arange(L, device=h.device) <= qpos[..., None]  # (B, Q, L): items a query may see
-            full = fast.attend_shared if self.kernel == "fast" else attend
-            return full(p.q(q), p.k(h), p.v(h), upto, H)[0], ex
-        path = {"reference": self._reference, "fast": self._fast, "flex": self._flex}[self.kernel]
-        outs = path(h, q, lengths, qpos, ex)
-        mixed, ex.gates = gate(q, [outs[b] for b in self.branches], self.gate)
-        return mixed, ex
+            return self.ops.full(self, x), Explanation()
+        outs: dict[str, torch.Tensor] = {}
+        fields: dict[str, torch.Tensor] = {}
+        if "window" in self.branches:
+            outs["window"], more = self.ops.window(self, x)
+            fields.update(more)
+        if self.uses_blocks:  # the block op also ranks the blocks the selective branch reads
+            outs["block"], blocks, more = self.ops.blocks(self, x)
+            fields.update(more)
+        if "selective" in self.branches:
+            outs["selective"], more = self.ops.selective(self, x, blocks)
+            fields.update(more)
+        mixed, gates = gate(q, [outs[b] for b in self.branches], self.gate)
+        return mixed, Explanation(gates=gates, **fields)
 
-    def _windows(self, qpos: torch.Tensor) -> torch.Tensor:
+    def windows(self, qpos: torch.Tensor) -> torch.Tensor:
+        """Each query's window W: cfg.window, or the paper's protocol when it is 0."""
         return torch.full_like(qpos, self.cfg.window) if self.cfg.window else paper_window_sizes(qpos + 1)
 
-    def _leaders(
+    def leaders(
         self, h: torch.Tensor, qpos: torch.Tensor, block_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """selection query_block: for each query, its query block's first query, whose top-k it
@@ -140,134 +145,6 @@ class SALLayer(nn.Module):
         lead = qpos // self.cfg.block_size * self.cfg.block_size
         q_lead = h[torch.arange(len(h), device=h.device)[:, None], lead]
         return q_lead, visible_blocks(block_mask, lead, self.cfg.block_size, self.causal)
-
-    def _reference(
-        self, h: torch.Tensor, q: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, ex: Explanation
-    ) -> dict[str, torch.Tensor]:
-        """The branch outputs (B, Q, D) by the plain gather + matmul of attention.py."""
-        cfg, H = self.cfg, self.cfg.num_heads
-        outs: dict[str, torch.Tensor] = {}
-        if "window" in self.branches:
-            p = self.proj["window"]
-            windows = self._windows(qpos)
-            outs["window"], w = window_attention(p.q(q), p.k(h), p.v(h), qpos, windows, H)
-            ex.window_positions, ex.window_weights = window_positions(qpos, windows)[0], w.mean(1)
-        if self.uses_blocks:
-            p = self.proj["block"]
-            blocks, block_mask = block_vectors(h, lengths, cfg.block_size, self.phi)  # eq. 8
-            visible = visible_blocks(block_mask, qpos, cfg.block_size, self.causal)
-            outs["block"], ex.block_weights = block_attention(p.q(q), p.k(blocks), p.v(blocks), visible, H)
-        if "selective" in self.branches:
-            a_block = ex.block_weights
-            if cfg.selection == "query_block":  # every query ranks by its query block's first query
-                q_lead, visible = self._leaders(h, qpos, block_mask)
-                p = self.proj["block"]
-                a_block = block_attention(p.q(q_lead), p.k(blocks), p.v(blocks), visible, H)[1]
-            p = self.proj["selective"]
-            idx, valid = select_blocks(a_block, visible, cfg.num_selected)  # eq. 10
-            ex.selected_blocks, ex.selected_valid = idx, valid
-            outs["selective"], ex.selective_positions, ex.selective_weights = selective_attention(
-                p.q(q), p.k(h), p.v(h), qpos, idx, valid, cfg.block_size, H
-            )
-        return outs
-
-    def _fast(
-        self, h: torch.Tensor, q: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, ex: Explanation
-    ) -> dict[str, torch.Tensor]:
-        """The same outputs as _reference by fast.py: dense causal queries (objective `all`)
-        project every item once; sparse queries (one per user) project only what they gather."""
-        cfg, H, b = self.cfg, self.cfg.num_heads, self.cfg.block_size
-        dense = fast.dense_queries(qpos, h.shape[1])
-        outs: dict[str, torch.Tensor] = {}
-        if "window" in self.branches:
-            p = self.proj["window"]
-            windows = self._windows(qpos)
-            if dense:
-                outs["window"] = fast.band_window_attention(p.q(q), p.k(h), p.v(h), windows, H)
-            else:
-                pos, valid = window_positions(qpos, windows)
-                near = gather_items(h, pos)  # (B, Q, W, D)
-                outs["window"], ex.window_weights = fast.attend_per_query(p.q(q), p.k(near), p.v(near), valid, H)
-                ex.window_positions = pos
-        shared = cfg.selection == "query_block"
-        # one query per user (last, embed): project the query, not every block
-        query_side = qpos.shape[1] == 1 and self.phi is not None
-        if self.uses_blocks:
-            p = pb = self.proj["block"]  # pb: what attend_blocks projects with, whatever p becomes
-            if query_side:
-                items, block_mask = block_items(h, lengths, b)
-
-                def attend_blocks(query: torch.Tensor, visible: torch.Tensor):
-                    return fast.query_side_block_attention(
-                        pb.q(query), items, visible, self.phi, pb.k.weight, pb.v.weight, H
-                    )
-            else:
-                blocks, block_mask = block_vectors(h, lengths, b, self.phi)  # eq. 8
-
-                def attend_blocks(query: torch.Tensor, visible: torch.Tensor):
-                    return fast.attend_shared(pb.q(query), pb.k(blocks), pb.v(blocks), visible, H)
-
-            if dense and self.causal and not query_side:
-                # a_block of every query, or with shared selection of each query block's first
-                every = b if shared else 1
-                outs["block"], ex.block_weights = fast.causal_block_attention(
-                    p.q(q), p.k(blocks), p.v(blocks), block_mask, b, H, every
-                )
-                visible = visible_blocks(block_mask, qpos[:, ::every], b, self.causal)
-            else:
-                visible = visible_blocks(block_mask, qpos, b, self.causal)
-                outs["block"], w = attend_blocks(q, visible)
-                ex.block_weights = w.mean(1)
-        if "selective" in self.branches:
-            a_block = ex.block_weights  # with shared selection and dense queries: already per query block
-            if shared and not dense:
-                q_lead, visible = self._leaders(h, qpos, block_mask)
-                a_block = attend_blocks(q_lead, visible)[1].mean(1)
-            p = self.proj["selective"]
-            idx, valid = fast.select_blocks(a_block, visible, cfg.num_selected)  # eq. 10
-            if shared and dense:  # gather once per query block
-                outs["selective"] = fast.shared_selective_attention(p.q(q), p.k(h), p.v(h), idx, valid, b, H)
-                L = h.shape[1]
-                ex.selected_blocks, ex.selected_valid = (x.repeat_interleave(b, 1)[:, :L] for x in (idx, valid))
-                return outs
-            ex.selected_blocks, ex.selected_valid = idx, valid
-            pos, item_ok = selected_positions(idx, valid, qpos, b)
-            if dense:
-                keys, values = fast.gather_blocks(p.k(h), idx, b), fast.gather_blocks(p.v(h), idx, b)
-            else:
-                picked = fast.gather_blocks(h, idx, b)  # (B, Q, k*b, D)
-                keys, values = p.k(picked), p.v(picked)
-            outs["selective"], ex.selective_weights = fast.attend_per_query(p.q(q), keys, values, item_ok, H)
-            ex.selective_positions = pos
-        return outs
-
-    def _flex(
-        self, h: torch.Tensor, q: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, ex: Explanation
-    ) -> dict[str, torch.Tensor]:
-        """Dense causal queries through FlexAttention masks (flex.py); anything else as _fast."""
-        cfg, H, b = self.cfg, self.cfg.num_heads, self.cfg.block_size
-        L = h.shape[1]
-        if not (self.causal and fast.dense_queries(qpos, L)):
-            return self._fast(h, q, lengths, qpos, ex)
-        outs: dict[str, torch.Tensor] = {}
-        if "window" in self.branches:
-            p = self.proj["window"]
-            outs["window"] = flex.window_attention(p.q(q), p.k(h), p.v(h), self._windows(qpos), H)
-        if self.uses_blocks:
-            p = self.proj["block"]
-            blocks, block_mask = block_vectors(h, lengths, b, self.phi)  # eq. 8
-            q_block, k_block = p.q(q), p.k(blocks)
-            outs["block"] = flex.block_attention(q_block, k_block, p.v(blocks), block_mask, b, H)
-        if "selective" in self.branches:
-            every = b if cfg.selection == "query_block" else 1  # rank at each query / query block's first
-            a_block = flex.block_weights(q_block[:, ::every], k_block, block_mask, qpos[0, ::every], b, H)
-            visible = visible_blocks(block_mask, qpos[:, ::every], b, self.causal)
-            idx, valid = fast.select_blocks(a_block, visible, cfg.num_selected)  # eq. 10
-            p = self.proj["selective"]
-            outs["selective"] = flex.selective_attention(p.q(q), p.k(h), p.v(h), idx, valid, b, H, every)
-            ex.block_weights = a_block
-            ex.selected_blocks, ex.selected_valid = (x.repeat_interleave(every, 1)[:, :L] for x in (idx, valid))
-        return outs
 
 
 class SALEncoder(nn.Module):
