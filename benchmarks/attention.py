@@ -54,7 +54,7 @@ def _build(variant: str, setting: str, objective: str, length: int, dim: int, de
     import torch
     from torch.nn import functional as F
 
-    from mufasa_cli.config import SALConfig
+    from mufasa_cli.sal.config import SALConfig
     from mufasa_cli.sal.model import QKV, SALEncoder
 
     attention = {"sdpa": "full", "mean": "mean"}.get(variant, "sparse")

@@ -27,7 +27,7 @@ def one_point(attention: str, length: int, batch: int, dim: int) -> dict:
     """Run in a child: build inputs, one step, report peak RSS growth and time."""
     import torch
 
-    from mufasa_cli.config import SALConfig
+    from mufasa_cli.sal.config import SALConfig
     from mufasa_cli.sal.model import SALEncoder
 
     torch.manual_seed(0)

@@ -145,7 +145,8 @@ def test_set_changes_any_recipe_setting_by_its_path():
 
 
 def test_the_align_config_decides_which_schedule_a_flag_changes():
-    from mufasa_cli.config import AlignConfig, SALConfig
+    from mufasa_cli.config import AlignConfig
+    from mufasa_cli.sal.config import SALConfig
 
     last = AlignConfig().with_training(epochs=3)
     assert last.schedule == "train" and last.train.epochs == 3 and last.train_all == AlignConfig().train_all

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from mufasa_cli import artifacts
-from mufasa_cli.config import SALConfig, restore
+from mufasa_cli.config import restore
 from mufasa_cli.mfl.train import FUSED_FILE
+from mufasa_cli.sal.config import SALConfig
 from mufasa_cli.sal.model import SALEncoder, upgrade_state
 
 STAGE = "align"

@@ -29,9 +29,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mufasa_cli.config import BRANCHES, RecipeError, SALConfig
+from mufasa_cli.errors import RecipeError
 from mufasa_cli.sal import fast
 from mufasa_cli.sal.attention import gate, paper_window_sizes, visible_blocks
+from mufasa_cli.sal.config import BRANCHES, SALConfig
 from mufasa_cli.sal.kernels import KERNEL_OPS, Inputs
 
 KERNELS = ("auto", "reference", "fast", "flex")

@@ -5,9 +5,10 @@ selections and gradients: every branch, both objectives, both selection rules, e
 import pytest
 import torch
 
-from mufasa_cli.config import RecipeError, SALConfig
+from mufasa_cli.errors import RecipeError
 from mufasa_cli.sal import attention as A
 from mufasa_cli.sal import fast
+from mufasa_cli.sal.config import SALConfig
 from mufasa_cli.sal.model import SALEncoder
 
 D, H, Z = 16, 2, 12

@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-from mufasa_cli.config import SALConfig
 from mufasa_cli.sal import flex
+from mufasa_cli.sal.config import SALConfig
 from mufasa_cli.sal.model import SALEncoder
 
 pytestmark = pytest.mark.skipif(not flex.available(), reason="this torch has no FlexAttention")

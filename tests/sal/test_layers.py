@@ -4,8 +4,8 @@ causal, padding is ignored, one layer is the paper's model, and old one-layer we
 import pytest
 import torch
 
-from mufasa_cli.config import SALConfig
 from mufasa_cli.errors import RecipeError
+from mufasa_cli.sal.config import SALConfig
 from mufasa_cli.sal.model import SALEncoder, upgrade_state
 
 ZD, D, b = 6, 8, 4

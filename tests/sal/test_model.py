@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from mufasa_cli.config import SALConfig
 from mufasa_cli.errors import RecipeError
+from mufasa_cli.sal.config import SALConfig
 from mufasa_cli.sal.model import SALEncoder
 
 ZD = 6

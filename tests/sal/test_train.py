@@ -10,10 +10,10 @@ import torch
 
 from mufasa_cli import artifacts
 from mufasa_cli import losses as loss
-from mufasa_cli.config import SALConfig
 from mufasa_cli.data import sequences
 from mufasa_cli.sal import aligner, embed, fast, files
 from mufasa_cli.sal import batches as sal_batches
+from mufasa_cli.sal.config import SALConfig
 from mufasa_cli.sal.model import SALEncoder
 from tests.conftest import folder_digest, invoke
 
