@@ -100,7 +100,9 @@ def test_help_shows_values_not_python_types_and_one_default_style():
             rows = [line for line in options if leak in line]
             assert not rows, (command, leak, rows)
     align = _help("align-train")
-    assert re.search(r"--objective\s+last\|all", align) and re.search(r"--kernel\s+auto\|fast\|reference\|flex", align)
+    assert re.search(r"--objective\s+last\|all", align) and re.search(
+        r"--kernel\s+auto\|fast\|compiled\|reference\|flex", align
+    )
     assert "[default: (recipe)]" in align  # --epochs, --lr: the recipe's value
     assert re.search(r"--protocol\s+loo\|zero-shot\|cold-start", _help("eval"))
     assert re.search(r"--format\s+table\|md\|csv\|tex\|json", _help("eval"))

@@ -394,9 +394,18 @@ def _jobs_progress(on_progress: Callable, label: str, jobs: int) -> Callable[[in
 
 KERNEL_HELP = (
     "How the sparse attention is computed: fast (batched, gathers whole blocks; the same results), "
+    "compiled (fast through torch.compile: about 1.2x faster steps after a first call that compiles "
+    "for about a minute; needs a C++ compiler, else runs as fast), "
     "reference (plain gather + matmul, for checking), flex (FlexAttention, objective all on CUDA; "
     "untested on a GPU so far) or auto (= fast). Recorded in the manifest."
 )
+
+
+def _kernel_notice(kernel: str) -> None:
+    from mufasa_cli.sal.model import compiler_available
+
+    if kernel == "compiled" and not compiler_available():
+        render.notice_line("--kernel compiled: no C++ compiler found (CXX, c++, g++, clang++); running the fast kernel")
 
 
 @app.command("align-train")
@@ -535,6 +544,7 @@ def align_train(
         **{k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
     )
     dev = resolve_device(device)
+    _kernel_notice(kernel)
     manifest = _train_locked(
         run,
         "align",
@@ -604,6 +614,7 @@ def embed(
 
     if not dist.is_main():  # started by torchrun: embedding is one process's job, rank 0's
         return
+    _kernel_notice(kernel)
     if explain is not None:
         if users is not None:
             raise MufasaError("--explain and --users: choose one")
@@ -1012,7 +1023,7 @@ if __name__ == "__main__":
 CHOICES = {  # str options whose values the code checks: listed in --help like Enum choices
     "protocol": "loo|zero-shot|cold-start",
     "attention": "sparse|full|mean",
-    "kernel": "auto|fast|reference|flex",
+    "kernel": "auto|fast|compiled|reference|flex",
     "device": "auto|cpu|cuda",
     "objective": "last|all",
     "selection": "query|query_block",

@@ -225,7 +225,13 @@ class Flex(Fast):
         }
 
 
-KERNEL_OPS: dict[str, Reference] = {k.name: k for k in (Reference(), Fast(), Flex())}
+class Compiled(Fast):
+    """The fast ops; SALEncoder.encode runs them through torch.compile (Inductor fuses them)."""
+
+    name = "compiled"
+
+
+KERNEL_OPS: dict[str, Reference] = {k.name: k for k in (Reference(), Fast(), Compiled(), Flex())}
 
 
 def _upto(x: Inputs) -> torch.Tensor:

@@ -35,16 +35,29 @@ from mufasa_cli.sal.attention import gate, paper_window_sizes, visible_blocks
 from mufasa_cli.sal.config import BRANCHES, SALConfig
 from mufasa_cli.sal.kernels import KERNEL_OPS, Inputs
 
-KERNELS = ("auto", "reference", "fast", "flex")
+KERNELS = ("auto", "reference", "fast", "compiled", "flex")
 
 
 def resolve_kernel(kernel: str) -> str:
     """auto -> fast: it computes every configuration, on CPU and CUDA alike, to the reference's
-    results (tests/sal/test_fast.py); reference stays for checking it. flex (FlexAttention,
-    the GPU path for objective `all`) is never picked by auto: no GPU run has checked it."""
+    results (tests/sal/test_fast.py); reference stays for checking it. compiled is fast through
+    torch.compile (Inductor), fast where no C++ compiler is found (compiler_available). flex
+    (FlexAttention, the GPU path for objective `all`) is never picked by auto: no GPU run has
+    checked it."""
     if kernel not in KERNELS:
         raise RecipeError(f"--kernel {kernel!r}: choose {', '.join(KERNELS)}")
+    if kernel == "compiled" and not compiler_available():
+        return "fast"
     return "fast" if kernel == "auto" else kernel
+
+
+def compiler_available() -> bool:
+    """Whether torch.compile's CPU backend can build its C++ kernels here: a C++ compiler on
+    the PATH (CXX, or c++ / g++ / clang++)."""
+    import os
+    import shutil
+
+    return any(shutil.which(c) for c in (os.environ.get("CXX", ""), "c++", "g++", "clang++") if c)
 
 
 @dataclass
@@ -102,7 +115,7 @@ class SALLayer(nn.Module):
 
     @kernel.setter
     def kernel(self, kernel: str) -> None:
-        self.ops = KERNEL_OPS[resolve_kernel(kernel)]
+        self.ops = KERNEL_OPS[resolve_kernel(kernel)]  # compiled: the fast ops, compiled by the encoder
 
     def mix(
         self, h: torch.Tensor, q: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor
@@ -166,6 +179,7 @@ class SALEncoder(nn.Module):
         self.layers = nn.ModuleList(SALLayer(cfg, stacked, kernel) for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(D) if stacked else None  # the stack's final pre-norm
         self.causal = cfg.objective == "all"
+        self._compiled = None  # encode() through torch.compile, built on first use (kernel compiled)
 
     # the first layer's parts, under the names of the one-layer model of the paper
     branches = property(lambda self: self.layers[0].branches)
@@ -182,6 +196,7 @@ class SALEncoder(nn.Module):
     def kernel(self, kernel: str) -> None:
         for layer in self.layers:
             layer.kernel = kernel
+        self._compiled = None  # built on the first encode() with the compiled kernel
 
     def items(self, z: torch.Tensor) -> torch.Tensor:
         """e = A_item(z), unit length: (N, d_z) -> (N, D)."""
@@ -211,6 +226,21 @@ class SALEncoder(nn.Module):
         return u[:, 0], ex
 
     def encode(
+        self, z_hist: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, towered: bool = False
+    ) -> tuple[torch.Tensor, Explanation]:
+        """The outputs (B, Q, D) at query positions qpos (B, Q); see _encode. With the compiled
+        kernel through torch.compile (dynamic shapes: a new history length does not recompile
+        each batch; the first call compiles, a minute on 2 CPU cores)."""
+        if self.kernel != "compiled":
+            return self._encode(z_hist, lengths, qpos, towered)
+        if self._compiled is None:
+            import logging
+
+            torch._logging.set_logs(dynamo=logging.ERROR, inductor=logging.ERROR)  # graph-break notes are noise here
+            self._compiled = torch.compile(self._encode, dynamic=True)
+        return self._compiled(z_hist, lengths, qpos, towered)
+
+    def _encode(
         self, z_hist: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, towered: bool = False
     ) -> tuple[torch.Tensor, Explanation]:
         """The outputs (B, Q, D) at query positions qpos (B, Q), each < its user's length; with
