@@ -4,6 +4,8 @@ attention (torch's scaled_dot_product_attention) and against mean pooling, per h
 Every point is one (setting, objective, L) with the same token budget B * L, d = 64, 2 heads:
 - `sal`: the SAL encoder (window + block + selective branches, the gate), reference kernel;
 - `sal_fast`: the same model with the fast kernel (align-train's default): same results;
+- `sal_compiled`, `sal_shared_compiled` (asked for by --variants): `sal_fast`, `sal_shared`
+  through torch.compile (Inductor); the warm-up step compiles, so the timed steps are compiled;
 - `sal_shared`: the fast kernel with `selection: query_block` (objective `all` only): the b
   queries of a query block share the top-k of the block's first query (NSA-style);
 - `sal_flex` (CUDA only): the same model as `sal_shared` through FlexAttention block masks;
@@ -27,6 +29,11 @@ reading them at the bandwidth of a plain torch copy measured in the same run.
     python benchmarks/attention.py                                   # CPU, L = 128 ... 8192
     python benchmarks/attention.py --device cuda --lengths 128 512 2048 8192 32768
     python benchmarks/attention.py --tiny --json                     # the test suite's smoke run
+    python benchmarks/attention.py --objectives all --settings default --lengths 8192 \
+        --variants sal_fast sal_compiled sdpa --no-embed               # the compiled kernel's headline
+
+A run other than --tiny or --json also writes its table, with the command, to
+benchmarks/results/<date>-attention-<device>.md (--results DIR elsewhere).
 """
 
 from __future__ import annotations
@@ -39,7 +46,8 @@ import sys
 import time
 
 CATALOGUE = 20_000  # embed: items in the catalogue the histories draw from
-VARIANTS = ("sal", "sal_fast", "sal_shared", "sal_flex", "sdpa", "mean")
+VARIANTS = ("sal", "sal_fast", "sal_compiled", "sal_shared", "sal_shared_compiled", "sal_flex", "sdpa", "mean")
+DEFAULT_VARIANTS = tuple(v for v in VARIANTS if "compiled" not in v)  # compiling every point: an hour
 SETTINGS = {
     "default": {"block_size": 8, "num_selected": 4, "window": 0},
     "long": {"block_size": 32, "num_selected": 8, "window": 64},
@@ -58,7 +66,7 @@ def _build(variant: str, setting: str, objective: str, length: int, dim: int, de
     from mufasa_cli.sal.model import QKV, SALEncoder
 
     attention = {"sdpa": "full", "mean": "mean"}.get(variant, "sparse")
-    selection = "query_block" if variant in ("sal_shared", "sal_flex") else "query"
+    selection = "query_block" if variant in ("sal_shared", "sal_shared_compiled", "sal_flex") else "query"
     cfg = SALConfig(
         d_model=dim,
         num_heads=2,
@@ -69,7 +77,8 @@ def _build(variant: str, setting: str, objective: str, length: int, dim: int, de
         **SETTINGS[setting],
     )
     model = SALEncoder(dim, cfg).to(device)
-    model.kernel = {"sal": "reference", "sal_flex": "flex"}.get(variant, "fast")
+    kernels = {"sal": "reference", "sal_flex": "flex", "sal_compiled": "compiled", "sal_shared_compiled": "compiled"}
+    model.kernel = kernels.get(variant, "fast")
     if variant != "sdpa":
         return model, model.encode
 
@@ -213,6 +222,25 @@ def copy_bandwidth_gbs(device_name: str, mb: int = 256) -> float:
     return 5 * 2 * x.numel() * 4 / (time.perf_counter() - t0) / 1e9
 
 
+def write_results(args, argv: list[str] | None, lines: list[str]) -> None:
+    """benchmarks/results/<date>-attention-<device>.md: the command and the table."""
+    import datetime
+    import shlex
+    from pathlib import Path
+
+    folder = Path(args.results)
+    folder.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/attention.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    path = folder / f"{datetime.date.today().isoformat()}-attention-{args.device}.md"
+    text = (
+        f"# SAL attention against SDPA ({args.device})\n\n```\n{command}\n```\n\n```\n" + "\n".join(lines) + "\n```\n"
+    )
+    path.write_text(text)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -221,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--objectives", nargs="+", default=["last", "all"], choices=["last", "all"])
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=VARIANTS)
+    p.add_argument("--results", default="benchmarks/results", help="folder for the dated results file")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument(
         "--embed-budget", type=int, default=2**21, help="embed: history items per call, B = max(1, budget // L)"
@@ -249,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         for o in args.objectives
         for length in args.lengths
         for v in args.variants
-        if v not in ("sal_shared", "sal_flex") or o == "all"  # query blocks exist only among causal queries
+        if v not in ("sal_shared", "sal_shared_compiled", "sal_flex") or o == "all"  # query blocks: causal queries only
         if v != "sal_flex" or args.device == "cuda"  # FlexAttention has no backward on CPU
     ]
     add_ratios(rows)
@@ -263,31 +292,37 @@ def main(argv: list[str] | None = None) -> int:
         report = {"device": args.device, "copy_gb_per_s": bandwidth, "rows": rows, "embed": embeds}
         print(json.dumps(report, indent=2))
         return 0
-    print(
-        f"forward + backward, {args.device}, d={args.dim}, B*L = {args.budget}; ratios against sdpa at the same point"
-    )
+    lines: list[str] = []
+
+    def out(text: str) -> None:
+        print(text)
+        lines.append(text)
+
+    out(f"forward + backward, {args.device}, d={args.dim}, B*L = {args.budget}; ratios against sdpa at the same point")
     head = f"{'setting':<8}{'objective':<10}{'L':>7}{'B':>5}  {'variant':<11}{'seconds':>10}{'peak MB':>10}{'speedup':>9}{'memory':>8}"
-    print(head)
+    out(head)
     for r in rows:
         lead = f"{r['setting']:<8}{r['objective']:<10}{r['L']:>7}{r['B']:>5}  {r['variant']:<11}"
         if not r["fits"]:
-            print(f"{lead}{'did not fit: ' + r['why']:>37}")
+            out(f"{lead}{'did not fit: ' + r['why']:>37}")
             continue
         speed = f"{r['speedup_vs_sdpa']:>8.2f}x" if "speedup_vs_sdpa" in r else f"{'-':>9}"
         memory = f"{r['memory_vs_sdpa']:>7.2f}x" if r.get("memory_vs_sdpa") is not None else f"{'-':>8}"
         ratios = speed + memory
-        print(f"{lead}{r['seconds']:>10.4f}{r['peak_mb']:>10.1f}{ratios}")
+        out(f"{lead}{r['seconds']:>10.4f}{r['peak_mb']:>10.1f}{ratios}")
     if embeds:
-        print("embed (objective last, forward only, fast kernel): history read against the copy-bandwidth bound")
-        print(f"{'setting':<8}{'L':>7}{'B':>6}{'seconds':>10}{'users/s':>10}{'GB/s':>8}{'of bound':>10}")
+        out("embed (objective last, forward only, fast kernel): history read against the copy-bandwidth bound")
+        out(f"{'setting':<8}{'L':>7}{'B':>6}{'seconds':>10}{'users/s':>10}{'GB/s':>8}{'of bound':>10}")
         for r in embeds:
             lead = f"{r['setting']:<8}{r['L']:>7}{r['B']:>6}"
             if not r["fits"]:
-                print(f"{lead}  did not fit: {r['why']}")
+                out(f"{lead}  did not fit: {r['why']}")
                 continue
             speed = f"{r['seconds']:>10.4f}{r['users_per_s']:>10.0f}{r['gb_per_s']:>8.2f}"
-            print(f"{lead}{speed}{r['of_bound']:>9.1%}")
-    print(f"plain torch copy: {bandwidth:.1f} GB/s (read + write)")
+            out(f"{lead}{speed}{r['of_bound']:>9.1%}")
+    out(f"plain torch copy: {bandwidth:.1f} GB/s (read + write)")
+    if not args.tiny:
+        write_results(args, argv, lines)
     return 0
 
 

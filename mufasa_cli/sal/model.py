@@ -229,15 +229,16 @@ class SALEncoder(nn.Module):
         self, z_hist: torch.Tensor, lengths: torch.Tensor, qpos: torch.Tensor, towered: bool = False
     ) -> tuple[torch.Tensor, Explanation]:
         """The outputs (B, Q, D) at query positions qpos (B, Q); see _encode. With the compiled
-        kernel through torch.compile (dynamic shapes: a new history length does not recompile
-        each batch; the first call compiles, a minute on 2 CPU cores)."""
+        kernel through torch.compile: the first call compiles for its shapes (20-90 s on 2 CPU
+        cores), a call with other shapes compiles once more with dynamic shapes, after which
+        new history lengths reuse it."""
         if self.kernel != "compiled":
             return self._encode(z_hist, lengths, qpos, towered)
         if self._compiled is None:
             import logging
 
             torch._logging.set_logs(dynamo=logging.ERROR, inductor=logging.ERROR)  # graph-break notes are noise here
-            self._compiled = torch.compile(self._encode, dynamic=True)
+            self._compiled = torch.compile(self._encode)
         return self._compiled(z_hist, lengths, qpos, towered)
 
     def _encode(
