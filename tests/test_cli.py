@@ -85,7 +85,7 @@ def _help(*args):
 
     from mufasa_cli.cli.app import app
 
-    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "100", "TERM": "dumb"})
+    result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "160", "TERM": "dumb"})
     assert result.exit_code == 0, result.output
     return result.stdout
 
