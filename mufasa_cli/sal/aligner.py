@@ -103,7 +103,10 @@ class Aligner(nn.Module):
         unique, content = self.content(torch.cat([ids.flatten(), targets[real], extra]))
         z_u = self.with_ids(content, unique)
         local = lambda x: torch.searchsorted(unique, x)  # noqa: E731  item id -> row of z_u
-        out, _ = self.sal.encode(z_u[local(ids)], lengths, qpos)
+        # index_select, not z_u[...]: its backward is an index_add, the indexing's an
+        # accumulating index_put that costs several times more on CPU
+        rows = z_u.index_select(0, local(ids).flatten()).view(*ids.shape, -1)
+        out, _ = self.sal.encode(rows, lengths, qpos)
         u, t = out[real], targets[real]  # (R, D), (R,)
         e_all = self.sal.items(z_u)
         if cfg.full_softmax:  # exact softmax over the catalogue: no sampling, so no correction

@@ -204,8 +204,11 @@ def gather_blocks(x: torch.Tensor, idx: torch.Tensor, block_size: int) -> torch.
     B, L, D = x.shape
     nB = -(-L // block_size)
     pad = nB * block_size - L
-    rows = (F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(B, nB, block_size * D)
-    picked = rows[torch.arange(B, device=x.device)[:, None, None], idx]  # (B, Q, kk, b*D)
+    rows = (F.pad(x, (0, 0, 0, pad)) if pad else x).reshape(B * nB, block_size * D)
+    # one index_select over the flat block table: its backward is an index_add, where
+    # rows[users, idx] would backpropagate through an accumulating index_put, several times slower
+    flat = (torch.arange(B, device=x.device)[:, None, None] * nB + idx).flatten()
+    picked = rows.index_select(0, flat)  # (B * Q * kk, b*D)
     return picked.view(B, idx.shape[1], idx.shape[2] * block_size, D)
 
 
