@@ -158,45 +158,31 @@ def parse_float(value: str) -> float | None:
 def _load_feature_file(path: Path, row_ids: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, emb) from .npz (ids, emb), .safetensors (ids, emb) or .npy (+ <stem>.ids.npy); with
     `row_ids` the file's rows are those items in order and only `emb` (or the .npy) is read."""
-    if row_ids is not None:
-        return _load_row_aligned(path, row_ids)
+    keys = ("emb",) if row_ids is not None else ("ids", "emb")
     try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in ("ids", "emb") if k not in z.files]
-                if missing:
-                    raise DataSchemaError(f"{path}: arrays {missing} missing (need 'ids' and 'emb')")
-                return z["ids"], z["emb"]
-        if path.suffix == ".safetensors":
-            t = load_file(path)
-            missing = [k for k in ("ids", "emb") if k not in t]
+        if path.suffix in (".npz", ".safetensors"):
+            if path.suffix == ".npz":
+                with np.load(path, allow_pickle=False) as z:
+                    arrays = {k: z[k] for k in keys if k in z.files}
+            else:
+                arrays = {k: v for k, v in load_file(path).items() if k in keys}
+            missing = [k for k in keys if k not in arrays]
             if missing:
-                raise DataSchemaError(f"{path}: tensors {missing} missing (need 'ids' and 'emb')")
-            return t["ids"], t["emb"]
-        ids_path = path.with_name(path.name.removesuffix(".npy") + ".ids.npy")
-        if not ids_path.is_file():
-            raise DataSchemaError(f"{path}: needs {ids_path.name} beside it with the item id of each row")
-        return np.load(ids_path, allow_pickle=False), np.load(path, allow_pickle=False)
-    except (OSError, ValueError, SafetensorError) as e:
-        raise DataSchemaError(f"{path}: unreadable feature file ({e})") from None
-
-
-def _load_row_aligned(path: Path, row_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                if "emb" not in z.files:
-                    raise DataSchemaError(f"{path}: array 'emb' missing")
-                emb = z["emb"]
-        elif path.suffix == ".safetensors":
-            t = load_file(path)
-            if "emb" not in t:
-                raise DataSchemaError(f"{path}: tensor 'emb' missing")
-            emb = t["emb"]
+                kind = "arrays" if path.suffix == ".npz" else "tensors"
+                raise DataSchemaError(f"{path}: {kind} {missing} missing (need {' and '.join(map(repr, keys))})")
+            emb, ids = arrays["emb"], arrays.get("ids")
         else:
+            ids = None
+            if row_ids is None:
+                ids_path = path.with_name(path.name.removesuffix(".npy") + ".ids.npy")
+                if not ids_path.is_file():
+                    raise DataSchemaError(f"{path}: needs {ids_path.name} beside it with the item id of each row")
+                ids = np.load(ids_path, allow_pickle=False)
             emb = np.load(path, allow_pickle=False)
     except (OSError, ValueError, SafetensorError) as e:
         raise DataSchemaError(f"{path}: unreadable feature file ({e})") from None
+    if row_ids is None:
+        return ids, emb
     if len(emb) != len(row_ids):
         raise DataSchemaError(
             f"{path}: {len(emb)} feature rows but {len(row_ids)} items (rows: items needs one row per item row, in order)"
