@@ -305,6 +305,21 @@ def _shown(names: list[str], most: int = 12, width: int = 40) -> str:
     return str(cut)[:-1] + (f", … {len(names) - most} more]" if len(names) > most else "]")
 
 
+def read_interactions(
+    path: Path, user: str, item: str, timestamp: str | None, bad: BadRows, delimiter: str = ","
+) -> pl.DataFrame:
+    """raw_user, raw_item, timestamp (file order without a timestamp column) from a table with a
+    header; rows with an unparsable timestamp are bad rows, named by line."""
+    lines: list[int] = []
+    cols = [user, item] + ([timestamp] if timestamp else [])
+    table = read_header_table(path, cols, bad, delimiter, lines=lines)
+    times, ok = timestamps_or_order(table[timestamp] if timestamp else None, len(table[user]), path, bad, lines or None)
+    return pl.DataFrame(
+        {"raw_user": table[user], "raw_item": table[item], "timestamp": times},
+        schema={"raw_user": pl.String, "raw_item": pl.String, "timestamp": pl.Float64},
+    ).filter(pl.Series(ok, dtype=pl.Boolean))
+
+
 def timestamps_or_order(
     values: list[str] | None, n: int, path: Path, bad: BadRows, lines: list[int] | None = None
 ) -> tuple[list[float], list[bool]]:
@@ -335,6 +350,16 @@ def multi_hot(token_lists: list[list[str]], max_vocab: int = 2000) -> tuple[list
             if t in col:
                 out[i, col[t]] = 1.0
     return vocab, out
+
+
+def multi_hot_modality(ids: list[str], token_lists: list[list[str]], source: str) -> RawModality | None:
+    """A multi-hot modality (categories, genres, tags) over the items whose list is not empty;
+    None when every list is."""
+    have = [i for i, tokens in enumerate(token_lists) if tokens]
+    if not have:
+        return None
+    _, hot = multi_hot([token_lists[i] for i in have])
+    return RawModality([ids[i] for i in have], hot, source)
 
 
 def year_features(years: np.ndarray) -> np.ndarray:

@@ -34,13 +34,12 @@ from mufasa_cli.artifacts import sha256_file
 from mufasa_cli.data.sources.base import (
     BadRows,
     RawDataset,
-    RawModality,
     load_feature_files,
-    multi_hot,
+    multi_hot_modality,
     read_header_table,
+    read_interactions,
     read_text,
     require_file,
-    timestamps_or_order,
 )
 from mufasa_cli.errors import DataSchemaError
 
@@ -134,15 +133,7 @@ def load(source: Path, bad: BadRows) -> RawDataset:
     it = spec["interactions"]
     ipath = _inside(schema_path, "interactions.path", it["path"], "interactions")
     inputs[str(ipath)] = sha256_file(ipath)
-    cols = [it["user"], it["item"]] + ([it["timestamp"]] if "timestamp" in it else [])
-    lines: list[int] = []
-    table = read_header_table(ipath, cols, bad, _delimiter(ipath), lines=lines)
-    n = len(table[it["user"]])
-    times, ok = timestamps_or_order(table.get(it.get("timestamp", "")), n, ipath, bad, lines or None)
-    interactions = pl.DataFrame(
-        {"raw_user": table[it["user"]], "raw_item": table[it["item"]], "timestamp": times},
-        schema={"raw_user": pl.String, "raw_item": pl.String, "timestamp": pl.Float64},
-    ).filter(pl.Series(ok, dtype=pl.Boolean))
+    interactions = read_interactions(ipath, it["user"], it["item"], it.get("timestamp"), bad, _delimiter(ipath))
 
     genres = [DEFAULT_GENRE]
     item_rows: list[str] | None = None  # the items file's ids in file order (row-aligned features)
@@ -183,14 +174,10 @@ def load(source: Path, bad: BadRows) -> RawDataset:
             row_ids[p] = item_rows
     modalities = load_feature_files(feature_paths, bad, row_ids)
     if "items" in spec and "category" in spec["items"] and "category" not in modalities:
-        lists = {
-            i: [c.strip() for c in (v or "").split("|") if c.strip()]
-            for i, v in zip(items["raw_item"], items["category"], strict=True)
-        }
-        with_category = [i for i, c in lists.items() if c]
-        if with_category:
-            _, hot = multi_hot([lists[i] for i in with_category])
-            modalities["category"] = RawModality(with_category, hot, str(tpath))
+        lists = [[c.strip() for c in (v or "").split("|") if c.strip()] for v in items["category"]]
+        category = multi_hot_modality(items["raw_item"].to_list(), lists, str(tpath))
+        if category is not None:
+            modalities["category"] = category
     return RawDataset(
         interactions,
         items,

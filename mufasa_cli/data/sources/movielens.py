@@ -22,11 +22,11 @@ from mufasa_cli.data.sources.base import (
     RawDataset,
     RawModality,
     iter_split_lines,
-    multi_hot,
+    multi_hot_modality,
     parse_float,
     read_header_table,
+    read_interactions,
     read_text,
-    timestamps_or_order,
     year_features,
 )
 from mufasa_cli.errors import DataSchemaError
@@ -112,16 +112,6 @@ def _movies_1m(path: Path, bad: BadRows) -> tuple[list[str], list[str], list[lis
     return ids, titles, genres, years
 
 
-def _ratings_csv(path: Path, bad: BadRows) -> pl.DataFrame:
-    lines: list[int] = []
-    t = read_header_table(path, ["userId", "movieId", "timestamp"], bad, lines=lines)
-    times, ok = timestamps_or_order(t["timestamp"], len(t["userId"]), path, bad, lines or None)
-    return pl.DataFrame(
-        {"raw_user": t["userId"], "raw_item": t["movieId"], "timestamp": times},
-        schema={"raw_user": pl.String, "raw_item": pl.String, "timestamp": pl.Float64},
-    ).filter(pl.Series(ok, dtype=pl.Boolean))
-
-
 def _movies_csv(path: Path, bad: BadRows) -> tuple[list[str], list[str], list[list[str]], list[float | None]]:
     t = read_header_table(path, ["movieId", "title"], bad, optional=("genres",))
     ids, titles, genres, years = [], [], [], []
@@ -140,18 +130,15 @@ def _tags_csv(path: Path, bad: BadRows) -> RawModality | None:
     per_movie: dict[str, list[str]] = {}
     for movie, tag in zip(t["movieId"], t["tag"], strict=True):
         per_movie.setdefault(movie, []).append(tag.strip().lower())
-    if not per_movie:
-        return None
     ids = sorted(per_movie)
-    _, hot = multi_hot([per_movie[i] for i in ids])
-    return RawModality(ids, hot, str(path))
+    return multi_hot_modality(ids, [per_movie[i] for i in ids], str(path))
 
 
 def _load_csv_layout(folder: Path, bad: BadRows) -> RawDataset:
     ratings_path, movies_path, tags_path = folder / "ratings.csv", folder / "movies.csv", folder / "tags.csv"
     if not movies_path.is_file():
         raise DataSchemaError(f"{movies_path}: file not found (movie titles and genres)")
-    interactions = _ratings_csv(ratings_path, bad)
+    interactions = read_interactions(ratings_path, "userId", "movieId", "timestamp", bad)
     ids, titles, genres, years = _movies_csv(movies_path, bad)
     modalities = movie_modalities(ids, genres, years, str(movies_path))
     inputs = [ratings_path, movies_path]
@@ -212,10 +199,9 @@ def movie_modalities(
 ) -> dict[str, RawModality]:
     """`category` (multi-hot genres) and `year` modalities, shared with the RecBole reader."""
     out: dict[str, RawModality] = {}
-    with_genre = [i for i, g in enumerate(genres) if g]
-    if with_genre:
-        _, hot = multi_hot([genres[i] for i in with_genre])
-        out["category"] = RawModality([ids[i] for i in with_genre], hot, source)
+    category = multi_hot_modality(ids, genres, source)
+    if category is not None:
+        out["category"] = category
     with_year = [i for i, y in enumerate(years) if y is not None]
     if with_year:
         out["year"] = RawModality(
