@@ -384,8 +384,6 @@ RECIPE_SECTIONS = ("fuse", "align", "baselines")
 
 def recipe_yaml(recipe: Recipe, header: str = "") -> str:
     """A resolved recipe as YAML that load_recipe reads back to the same Recipe."""
-    from dataclasses import asdict
-
     import yaml
 
     comment = "".join(f"# {line}\n" for line in header.splitlines())

@@ -334,8 +334,7 @@ def fuse_train(
     full = apply_sets(load_recipe([str(r) for r in recipe] if recipe else None), set_)
     cfg = full.fuse
     mfl, cf = cfg.mfl, cfg.cf
-    train_changes = {k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
-    changes: dict = {"train": dataclasses.replace(mfl.train, **train_changes)}
+    changes: dict = {"train": _replace_given(mfl.train, epochs=epochs, lr=lr, batch_size=batch_size)}
     if loss_weights is not None:
         # how many is the config's check (with its own message)
         changes["loss_weights"] = _parse_floats(loss_weights, "--loss-weights", "0.5,0.25,0.15,0.1")
@@ -541,9 +540,7 @@ def align_train(
         item_ids=item_ids,
         length_pool=length_pool,
     )
-    cfg = cfg.with_training(
-        **{k: v for k, v in (("epochs", epochs), ("lr", lr), ("batch_size", batch_size)) if v is not None}
-    )
+    cfg = cfg.with_training(**_given(epochs=epochs, lr=lr, batch_size=batch_size))
     dev = resolve_device(device)
     _kernel_notice(kernel)
     manifest = _train_locked(
@@ -575,11 +572,16 @@ def align_train(
     render.out.print(f"wrote {run / 'align'}")
 
 
+def _given(**changes) -> dict:
+    """The options the user gave: those not None."""
+    return {k: v for k, v in changes.items() if v is not None}
+
+
 def _replace_given(config, **changes):
     """`config` with the options the user gave (not None) replacing its fields."""
     import dataclasses
 
-    return dataclasses.replace(config, **{k: v for k, v in changes.items() if v is not None})
+    return dataclasses.replace(config, **_given(**changes))
 
 
 @app.command()
@@ -737,7 +739,7 @@ def eval_(
     with artifacts.run_lock(run, "eval"):
         cfg = _recipe(run, recipe, ("baselines",), set_) if names else None
         _discard_notice([run / "baselines" / f".{n}.ckpt" for n in names], resume)
-        _eval_locked(run, names, cfg, recipe or set_, seed, device, retrain, resume, jobs)
+        _eval_locked(run, names, cfg, bool(recipe or set_), seed, device, retrain, resume, jobs)
         result = run_eval(
             run, protocol=protocol, compare=names, ks=ks, keep_seen=keep_seen, test=test, chunk=chunk, slices=slices
         )
@@ -757,8 +759,9 @@ def eval_(
     )
 
 
-def _eval_locked(run, names, cfg, recipe, seed, device, retrain, resume, jobs) -> dict[str, dict]:
-    """eval's baseline step (under the run lock): train what is missing, report it, record the recipe."""
+def _eval_locked(run, names, cfg, given, seed, device, retrain, resume, jobs) -> dict[str, dict]:
+    """eval's baseline step (under the run lock): train what is missing, report it, and record
+    the baselines section in RUN/recipe.yaml when --recipe or --set `given` chose it."""
     from mufasa_cli.eval.run import ensure_baselines
     from mufasa_cli.runtime.device import resolve_device
 
@@ -775,7 +778,7 @@ def _eval_locked(run, names, cfg, recipe, seed, device, retrain, resume, jobs) -
             jobs=jobs,
             on_done=_jobs_progress(on_progress, "baselines", jobs),
         )
-    if recipe and names:
+    if given and names:
         _record_recipe(run, cfg, "baselines", "eval", True)
     for name, manifest in trained.items():  # on stderr: stdout carries the table only
         render.resume_notices(name, manifest)
@@ -871,10 +874,9 @@ def ablate(
         if len(set(values)) < len(values):
             raise MufasaError(f"{flag}: a value is named more than once")
     _check_jobs(jobs)
-    parts = without or []
     cells = [(length, kind) for length in lengths for kind in kinds]
     tables_file = run / "ablate" / f"tables-{protocol}.json"
-    targets = [run / "ablate" / ab.variant_name(x) for x in parts]
+    targets = [run / "ablate" / ab.variant_name(x) for x in without]
     targets += [run / "ablate" / ab.history_variant_name(n, a) for n, a in cells]
     existing = [t for t in [*targets, tables_file] if t.exists()]
     if existing and not force:
@@ -885,7 +887,7 @@ def ablate(
         cfg = _recipe(run, recipe, ("fuse", "align"), set_)
         if seed is None:
             seed = ab.full_model_seed(run)
-        table5, table6 = _ablate_locked(run, parts, cells, cfg, protocol, ks, seed, resolve_device(device), jobs)
+        table5, table6 = _ablate_locked(run, without, cells, cfg, protocol, ks, seed, resolve_device(device), jobs)
         record = ab.ablation_record(protocol, table5[0][1], table5 if without else [], table6)
         artifacts.atomic_write_json(tables_file, record)
         for ext, text in ablation_files(record).items():
@@ -1015,10 +1017,6 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
-
-
 # ---------------------------------------------------------------- help texts, one style
 
 CHOICES = {  # str options whose values the code checks: listed in --help like Enum choices
@@ -1084,3 +1082,7 @@ def _tidy_help(app: typer.Typer) -> None:
 
 
 _tidy_help(app)
+
+
+if __name__ == "__main__":
+    main()

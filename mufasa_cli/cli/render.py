@@ -229,12 +229,14 @@ def fuse_summary(manifest: Mapping) -> None:
     cf, mfl, diag = manifest["cf"], manifest["mfl"], manifest["diagnostics"]
     resume_notices("LightGCN", cf)
     resume_notices("MFL", mfl)
-    for label, part, key in (("LightGCN", cf, "fuse.cf.train.epochs"), ("the MFL", mfl, "fuse.mfl.train.epochs")):
+    for label, part, key, flag in (
+        ("LightGCN", cf, "fuse.cf.train.epochs", "--cf-epochs"),
+        ("the MFL", mfl, "fuse.mfl.train.epochs", "--epochs"),
+    ):
         if part.get("improving_at_cap"):
             warning_line(
                 f"{label} reached its epoch cap ({part['epochs_run']}) while validation still improved: it may be "
-                f"under-trained; raise {key} in the recipe"
-                + (" or --epochs" if label == "the MFL" else " or --cf-epochs")
+                f"under-trained; raise {key} in the recipe or {flag}"
             )
     src = f" (reused {cf['reused_from']})" if "reused_from" in cf else ""
     out.print(

@@ -244,7 +244,7 @@ def fit(
         if old_lr != cfg.lr:  # continue the schedule from where it was, scaled to the new rate
             lr_override = {"from": old_lr, "to": cfg.lr, "after_epoch": resumed_from + 1}
             sched.base_lrs = [cfg.lr for _ in opt.param_groups]
-            factor = _lr_lambda(cfg, cfg.epochs * steps_per_epoch)(sched.last_epoch)
+            factor = sched.lr_lambdas[0](sched.last_epoch)  # where the schedule stands
             for group in opt.param_groups:
                 group["initial_lr"], group["lr"] = cfg.lr, cfg.lr * factor
     elif checkpoint.exists() and dist.is_main():
