@@ -60,6 +60,7 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("sal.dropout", [0.0, 0.2, 0.5]),
         ("sal.d_model", [64, 128]),
         ("finetune_mfl", [False, True]),
+        ("id_dropout", [0.0, 0.5]),  # with item ids only: trying it sets them too (COUPLED)
     ],
     "sasrec": [
         ("num_layers", [1, 2, 3, 4]),
@@ -67,6 +68,7 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("dropout", [0.2, 0.35, 0.5]),
         ("d_model", [64, 128]),
         ("max_len", [50, 200]),
+        ("train.weight_decay", [0.0, 0.1]),  # a regulariser as MUFASA's last axis is
     ],
     "dssm": [
         ("train.lr", [1e-3, 3e-3]),
@@ -76,7 +78,10 @@ SPACE: dict[str, list[tuple[str, list]]] = {
     ],
 }
 # A value that only exists together with another: trying it sets that one too.
-COUPLED = {("mufasa", "sal.layers"): lambda v: {"sal.objective": "all"} if v > 1 else {}}
+COUPLED = {
+    ("mufasa", "sal.layers"): lambda v: {"sal.objective": "all"} if v > 1 else {},
+    ("mufasa", "id_dropout"): lambda v: {"item_ids": True} if v else {},
+}
 MAIN = "NDCG@10"
 
 
@@ -234,7 +239,7 @@ class Search:
         stage = folder / ("align" if self.model == "mufasa" else f"baselines/{self.model}")
         path = folder / "trial.yaml"  # not recipe.yaml: that name is the run's own record (align-train writes it)
         text = yaml.safe_dump(recipe, sort_keys=False)
-        if (stage / "manifest.json").is_file() and path.is_file() and path.read_text() == text:
+        if (stage / "manifest.json").is_file() and path.is_file() and _same_recipe(path.read_text(), recipe):
             return json.loads((stage / "manifest.json").read_text())  # finished by an earlier call
         folder.mkdir(parents=True, exist_ok=True)
         for part in ("data", "fuse") if self.model == "mufasa" else ("data",):
@@ -252,6 +257,18 @@ class Search:
         if code:
             raise SystemExit(f"benchmarks/tune.py: {self.model} trial in {folder} failed; see {folder / 'train.log'}")
         return json.loads((stage / "manifest.json").read_text())
+
+
+def _same_recipe(text: str, recipe: dict) -> bool:
+    """Whether a trial folder's recipe file trains what `recipe` does: the same settings once
+    defaults are filled in, so that a key added to the search later (at its default) does not
+    retrain the trials an earlier search finished."""
+    from mufasa_cli.config import Recipe, RecipeError, restore
+
+    try:
+        return restore(Recipe(), yaml.safe_load(text), "recipe") == restore(Recipe(), recipe, "recipe")
+    except (RecipeError, yaml.YAMLError):
+        return False
 
 
 def _diff(model: str, config: dict, base: dict) -> str:

@@ -165,6 +165,11 @@ class AlignConfig:
     # beyond the paper: a trainable per-item vector added to z (zero at the start) for the items
     # trained on, so the SAL can learn what content alone does not say; cold items keep their z
     item_ids: bool = False
+    # beyond the paper, with item_ids: while training, each step leaves out the id vector of
+    # this share of the step's items (drawn per item, the same for its history rows and its
+    # softmax column), so that z alone must rank them too: a regulariser for the id vectors, and
+    # the way a cold item (z only) is scored at inference. 0 = never
+    id_dropout: float = 0.0
     # batches of users of similar history length: each run of length_pool * batch_size
     # shuffled users is sorted by length before it is cut into length_pool batches (with
     # objective all, of about equal numbers of targets); 0 = plain shuffled batches. Less
@@ -179,6 +184,10 @@ class AlignConfig:
         _positive(self, "tau", "in_batch_negatives")
         if self.uniform_negatives < 0 or self.mfl_weight < 0 or self.length_pool < 0:
             raise RecipeError("uniform_negatives, mfl_weight and length_pool must be >= 0")
+        if not 0 <= self.id_dropout < 1:
+            raise RecipeError(f"id_dropout {self.id_dropout}: must be in [0, 1)")
+        if self.id_dropout and not self.item_ids:
+            raise RecipeError(f"id_dropout {self.id_dropout} needs item_ids (no id vectors to leave out); set it to 0 without them")
 
     @property
     def schedule(self) -> str:

@@ -464,6 +464,13 @@ def align_train(
             "cold items keep their content z.",
         ),
     ] = None,
+    id_dropout: Annotated[
+        float | None,
+        typer.Option(
+            help="Beyond the paper, with --item-ids: the share of a step's items scored without their id vector "
+            "(z alone) while training, in [0, 1) (0 = none).",
+        ),
+    ] = None,
     uniform_negatives: Annotated[
         int | None, typer.Option(help="Extra negatives per batch drawn uniformly from the catalogue.")
     ] = None,
@@ -538,6 +545,7 @@ def align_train(
         uniform_negatives=uniform_negatives,
         finetune_mfl=finetune_mfl,
         item_ids=item_ids,
+        id_dropout=id_dropout,
         length_pool=length_pool,
     )
     cfg = cfg.with_training(**_given(epochs=epochs, lr=lr, batch_size=batch_size))

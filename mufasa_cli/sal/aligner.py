@@ -68,12 +68,16 @@ class Aligner(nn.Module):
         return self.log_tau.clamp(math.log(TAU_RANGE[0]), math.log(TAU_RANGE[1])).exp()
 
     def with_ids(self, z: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """z of `items` (all items when None) plus their id vectors, when there are any."""
+        """z of `items` (all items when None) plus their id vectors, when there are any; while
+        training, each of `items` loses its vector with probability cfg.id_dropout."""
         if self.ids is None:
             return z
         if items is None:
             return z + self.ids * self.has_id
-        return z + self.ids[items] * self.has_id[items]
+        keep = self.has_id[items]
+        if self.training and self.cfg.id_dropout:  # this step scores some items from z alone
+            keep = keep * (torch.rand_like(keep) >= self.cfg.id_dropout)
+        return z + self.ids[items] * keep
 
     def content(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(unique items, their content z) for the ids in `items`; z recomputed when finetuning."""

@@ -45,3 +45,28 @@ def test_tune_gives_each_model_the_budget_and_writes_records_and_recipe(tmp_path
     again = subprocess.run(args, capture_output=True, text=True, cwd=SCRIPT.parents[1])
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((run / "tuning" / "mufasa.json").read_text())["trials"] == mufasa["trials"]
+
+
+def _tune_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tune", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_resumed_search_reuses_a_trial_whose_recipe_differs_only_by_a_default():
+    tune = _tune_module()
+    text = "align:\n  item_ids: true\n  sal: {objective: all}\n"
+    same = {"align": {"item_ids": True, "id_dropout": 0.0, "sal": {"objective": "all", "layers": 1}}}
+    assert tune._same_recipe(text, same)  # a key added later, at its default: the same training
+    assert not tune._same_recipe(text, {"align": {"item_ids": True, "id_dropout": 0.5, "sal": {"objective": "all"}}})
+    assert not tune._same_recipe("align: [", same)  # an unreadable file is retrained, not trusted
+
+
+def test_trying_id_dropout_switches_item_ids_on():
+    tune = _tune_module()
+    assert tune.COUPLED[("mufasa", "id_dropout")](0.5) == {"item_ids": True}
+    assert tune.COUPLED[("mufasa", "id_dropout")](0.0) == {}
+    assert [a for a, _ in tune.SPACE["mufasa"]][-1] == "id_dropout"

@@ -171,6 +171,40 @@ def test_item_ids_add_trained_vectors_to_z_for_trained_items_only(fused, tmp_pat
     assert params == sal + mfl + int(expect.sum()) * new.shape[1]
 
 
+def test_id_dropout_scores_a_share_of_the_steps_items_from_z_alone_while_training_only():
+    from mufasa_cli.config import AlignConfig
+
+    N, d = 4000, 8
+    cfg = AlignConfig(sal=SALConfig(d_model=8), item_ids=True, id_dropout=0.25)
+    has = torch.ones(N, dtype=torch.bool)
+    has[:10] = False  # cold items: no vector to keep or drop
+    model = aligner.Aligner(SALEncoder(d, cfg.sal), cfg, torch.zeros(N, d), torch.zeros(N), ids_for=has)
+    with torch.no_grad():
+        model.ids.fill_(1.0)
+    items = torch.arange(N)
+    torch.manual_seed(0)
+    kept = model.with_ids(torch.zeros(N, d), items)[:, 0]  # 1 where the vector stayed, else 0
+    assert set(kept.unique().tolist()) == {0.0, 1.0}
+    assert not kept[:10].any()
+    assert abs(1 - kept[10:].mean().item() - 0.25) < 0.03  # about a quarter dropped
+    rows = model.with_ids(torch.zeros(N, d), items)
+    assert (rows == rows[:, :1]).all()  # a whole vector kept or dropped, never part of one
+    model.eval()  # inference: every trained item keeps its vector
+    np.testing.assert_array_equal(model.with_ids(torch.zeros(N, d), items)[:, 0].detach().numpy(), has.float().numpy())
+
+
+def test_id_dropout_needs_item_ids_and_a_share_below_one(fused, tmp_path):
+    run = _copy(fused, tmp_path)
+    bad = invoke("align-train", run, "--id-dropout", "0.5")
+    assert bad.exit_code == 2 and "id_dropout 0.5 needs item_ids" in bad.stderr
+    bad = invoke("align-train", run, "--item-ids", "--id-dropout", "1")
+    assert bad.exit_code == 2 and "id_dropout 1.0: must be in [0, 1)" in bad.stderr
+    assert not (run / "align").exists()
+    result = invoke("align-train", run, "--item-ids", "--id-dropout", "0.5", "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    assert artifacts.read_manifest(run / "align")["config"]["id_dropout"] == 0.5
+
+
 def test_uniform_negatives_and_learned_temperature(fused, tmp_path):
     run = _copy(fused, tmp_path)
     result = invoke("align-train", run, "--epochs", "3", "--uniform-negatives", "32", "--learn-tau", "--tau", "0.2")
