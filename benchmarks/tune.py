@@ -68,7 +68,8 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("dropout", [0.2, 0.35, 0.5]),
         ("d_model", [64, 128]),
         ("max_len", [50, 200]),
-        ("train.weight_decay", [0.0, 0.1]),  # a regulariser as MUFASA's last axis is
+        ("train.weight_decay", [0.0, 0.1]),  # a regulariser, as MUFASA's id dropout is
+        ("num_heads", [1, 2, 4]),  # so that SASRec has as many configurations to try as MUFASA (13)
     ],
     "dssm": [
         ("train.lr", [1e-3, 3e-3]),

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from mufasa_cli.config import MFLConfig
-from mufasa_cli.mfl.fusion import FusionNetwork
+from mufasa_cli.mfl.fusion import FusionNetwork, fusion_token_output
 from mufasa_cli.mfl.lightgcn import LightGCN, normalized_adjacency, sample_negatives
 
 DIMS = {"image": 5, "audio": 3, "title": 4}
@@ -50,6 +50,45 @@ def test_genre_changes_z():
     net = _net()
     feats, present, genre = _batch()
     assert not torch.allclose(net(feats, present, genre), net(feats, present, 1 - genre))
+
+
+def test_the_fusion_token_shortcut_is_the_last_layer_at_the_fusion_token():
+    """fusion_token_output computes only row 0 of the last layer: the same values and
+    gradients as the full layer, with padding masked, in train mode (no dropout) and eval."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, 0.0, activation="gelu", batch_first=True, norm_first=True)
+    x = torch.randn(5, 4, 8, requires_grad=True)
+    ignore = torch.tensor([[False, False, False, False], [False, True, False, True], [False, True, True, True]] * 2)[:5]
+    full = layer(x, src_key_padding_mask=ignore)[:, 0]
+    short = fusion_token_output(layer, x, ignore)
+    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-6)
+    g_full = torch.autograd.grad(full.pow(2).sum(), [x, *layer.parameters()])
+    g_short = torch.autograd.grad(short.pow(2).sum(), [x, *layer.parameters()])
+    for a, b in zip(g_short, g_full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # a padded token's value cannot reach the fusion token
+    moved = x.detach().clone()
+    moved[1, 1] += 100.0
+    torch.testing.assert_close(fusion_token_output(layer, moved, ignore)[1], short[1].detach(), rtol=1e-5, atol=1e-6)
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fusion_token_output(layer, x, ignore), layer(x, src_key_padding_mask=ignore)[:, 0], rtol=1e-5, atol=1e-6
+        )
+
+
+def test_fusion_network_with_two_layers_equals_the_full_encoder():
+    torch.manual_seed(0)
+    net = FusionNetwork(DIMS, 2, 6, 4, MFLConfig(d_model=8, num_heads=2, num_layers=2)).eval()
+    feats, present, genre = _batch()
+    present[1, 0] = False
+    z = net(feats, present, genre)
+    tokens = torch.stack([proj(f) for proj, f in zip(net.project, feats, strict=True)], dim=1)
+    tokens = torch.where(present[..., None], tokens, torch.zeros_like(tokens))
+    g = net.genre_embedding(genre)[:, None]
+    x = torch.cat([net.fusion_token.expand(4, 1, -1) + g, tokens + net.modality_embedding[None] + g], dim=1)
+    ignore = torch.cat([torch.zeros(4, 1, dtype=torch.bool), ~present], dim=1)
+    torch.testing.assert_close(z, net.out(net.encoder(x, src_key_padding_mask=ignore)[:, 0]), rtol=1e-5, atol=1e-6)
 
 
 def test_normalized_adjacency_by_hand():
