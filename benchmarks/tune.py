@@ -61,6 +61,7 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("sal.d_model", [64, 128]),
         ("finetune_mfl", [False, True]),
         ("id_dropout", [0.0, 0.5]),  # with item ids only: trying it sets them too (COUPLED)
+        ("sal.max_len", [50, 200, 1024]),  # the most recent items read (and trained on, objective all)
     ],
     "sasrec": [
         ("num_layers", [1, 2, 3, 4]),
@@ -69,7 +70,8 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("d_model", [64, 128]),
         ("max_len", [50, 200]),
         ("train.weight_decay", [0.0, 0.1]),  # a regulariser, as MUFASA's id dropout is
-        ("num_heads", [1, 2, 4]),  # so that SASRec has as many configurations to try as MUFASA (13)
+        ("num_heads", [1, 2, 4]),
+        ("inner", [128, 256, 512]),  # so that SASRec has as many configurations to try as MUFASA (15)
     ],
     "dssm": [
         ("train.lr", [1e-3, 3e-3]),

@@ -393,8 +393,8 @@ def _jobs_progress(on_progress: Callable, label: str, jobs: int) -> Callable[[in
 
 KERNEL_HELP = (
     "How the sparse attention is computed: fast (batched, gathers whole blocks; the same results), "
-    "compiled (fast through torch.compile; the first call compiles, 20-90 s on 2 cores; measured 1.2x fast's "
-    "speed with per-query selection but 0.75x with query_block selection at L = 8192; needs a C++ "
+    "compiled (fast through torch.compile; the first call compiles, 20-90 s on 2 cores; measured slower "
+    "than fast on CPU at L = 8192, 0.6x with per-query and 0.9x with query_block selection; needs a C++ "
     "compiler, else runs as fast), "
     "reference (plain gather + matmul, for checking), flex (FlexAttention, objective all on CUDA; "
     "untested on a GPU so far) or auto (= fast). Recorded in the manifest."

@@ -69,4 +69,7 @@ def test_trying_id_dropout_switches_item_ids_on():
     tune = _tune_module()
     assert tune.COUPLED[("mufasa", "id_dropout")](0.5) == {"item_ids": True}
     assert tune.COUPLED[("mufasa", "id_dropout")](0.0) == {}
-    assert [a for a, _ in tune.SPACE["mufasa"]][-1] == "id_dropout"
+    axes = [a for a, _ in tune.SPACE["mufasa"]]
+    assert axes.index("id_dropout") > axes.index("finetune_mfl")  # searched after the earlier axes
+    for model in ("mufasa", "sasrec"):  # the same number of configurations in each space
+        assert 1 + sum(len(values) - 1 for _, values in tune.SPACE[model]) == 15
