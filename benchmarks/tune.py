@@ -62,6 +62,8 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("finetune_mfl", [False, True]),
         ("id_dropout", [0.0, 0.5]),  # with item ids only: trying it sets them too (COUPLED)
         ("sal.max_len", [50, 200, 1024]),  # the most recent items read (and trained on, objective all)
+        ("sal.num_selected", [4, 8]),  # k: blocks attended item by item
+        ("sal.positions", [0, 64]),  # learned position rows; later positions share the last
     ],
     "sasrec": [
         ("num_layers", [1, 2, 3, 4]),
@@ -71,7 +73,10 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("max_len", [50, 200]),
         ("train.weight_decay", [0.0, 0.1]),  # a regulariser, as MUFASA's id dropout is
         ("num_heads", [1, 2, 4]),
-        ("inner", [128, 256, 512]),  # so that SASRec has as many configurations to try as MUFASA (15)
+        ("inner", [128, 256, 512]),
+        ("stride", [5, 10]),  # windows every 5 items: every target with >= max_len - 4 items of context
+        ("train.lr", [5e-4, 1e-3]),  # below the first lr axis, whose lowest value was chosen
+        # so that SASRec has as many configurations to try as MUFASA (17)
     ],
     "dssm": [
         ("train.lr", [1e-3, 3e-3]),
@@ -277,7 +282,7 @@ def _same_recipe(text: str, recipe: dict) -> bool:
 def _diff(model: str, config: dict, base: dict) -> str:
     """The searched keys where `config` differs from `base` (the base recipe's configuration)."""
     out = []
-    for path, _ in SPACE[model]:
+    for path in dict.fromkeys(p for p, _ in SPACE[model]):  # an axis searched twice is named once
         path = path.replace("{train}", _schedule(model, config, {}))
         if _get(config, path) != _get(base, path):
             out.append(f"{path}={_get(config, path)}")

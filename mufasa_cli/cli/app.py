@@ -433,6 +433,13 @@ def align_train(
         typer.Option(help="Drop a branch: window, block or selective (repeatable, or comma-separated)."),
     ] = None,
     max_len: Annotated[int | None, typer.Option(help="Keep each history's most recent N items.")] = None,
+    positions: Annotated[
+        int | None,
+        typer.Option(
+            help="Beyond the paper: learned position rows; positions past the last share it "
+            "(objective all counts from the start, last from the end). 0 = one per position up to max_len."
+        ),
+    ] = None,
     block_size: Annotated[int | None, typer.Option(help="b: items per interest block.")] = None,
     num_selected: Annotated[int | None, typer.Option(help="k: blocks attended item by item.")] = None,
     window: Annotated[
@@ -529,6 +536,7 @@ def align_train(
         attention=attention,
         without=tuple(_comma_list(without)) if without else None,
         max_len=max_len,
+        positions=positions,
         block_size=block_size,
         num_selected=num_selected,
         window=window,

@@ -26,6 +26,11 @@ class SALConfig:
     attention: str = "sparse"  # sparse (the three branches), full (one level over all items), mean
     without: tuple[str, ...] = ()  # branches switched off (ablations)
     max_len: int = 1024
+    # beyond the paper: learned position rows; positions past the last row share it (objective all
+    # counts from the start, so a long history's recent items share one row instead of rows that
+    # only the few longest users train; last counts from the end, so old items share it).
+    # 0 = one row per position up to max_len
+    positions: int = 0
     objective: str = "last"  # last: one query per user (the paper); all: every position a causal query
     # which queries pick the selected blocks: query (each its own top-k, the paper) or query_block
     # (objective all: the queries of each query block of b positions share the top-k of the block's
@@ -47,6 +52,8 @@ class SALConfig:
             raise RecipeError(f"--dropout {self.dropout}: must be in [0, 1)")
         if self.d_model % self.num_heads:
             raise RecipeError(f"d_model {self.d_model} must be divisible by num_heads {self.num_heads}")
+        if not 0 <= self.positions <= self.max_len:
+            raise RecipeError(f"positions {self.positions}: must be in [0, max_len {self.max_len}] (0 = max_len)")
         if self.window < 0:
             raise RecipeError(f"window {self.window}: must be >= 0 (0 = the paper's protocol)")
         if self.phi not in ("linear", "mean"):

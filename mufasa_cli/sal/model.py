@@ -172,7 +172,7 @@ class SALEncoder(nn.Module):
         self.cfg = cfg
         self.item_tower = nn.Sequential(nn.Linear(z_dim, D), nn.LayerNorm(D))
         self.hist_tower = nn.Sequential(nn.Linear(z_dim, D), nn.LayerNorm(D))
-        self.position = nn.Embedding(cfg.max_len, D)
+        self.position = nn.Embedding(cfg.positions or cfg.max_len, D)
         nn.init.normal_(self.position.weight, std=0.02)
         self.drop = nn.Dropout(cfg.dropout)  # on h while training; the identity in eval mode
         stacked = cfg.layers > 1
@@ -210,11 +210,12 @@ class SALEncoder(nn.Module):
         B, L, _ = z_hist.shape
         h = z_hist if towered else self.hist_tower(z_hist)
         table = self.position.weight
+        last = table.shape[0] - 1  # positions past the last row share it (cfg.positions)
         if self.causal:  # counted from the start: the same row for every user, broadcast
-            at = torch.arange(L, device=h.device).clamp(max=self.cfg.max_len - 1)
+            at = torch.arange(L, device=h.device).clamp(max=last)
             return self.drop(h + table[at])
         at = torch.arange(L, device=h.device)[None, :]
-        pos = (lengths[:, None] - 1 - at).clamp(min=0, max=self.cfg.max_len - 1)  # counted from the end
+        pos = (lengths[:, None] - 1 - at).clamp(min=0, max=last)  # counted from the end
         return self.drop(table.index_select(0, pos.flatten()).view(B, L, -1).add_(h))  # add into the fresh rows
 
     def users(

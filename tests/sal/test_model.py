@@ -103,6 +103,8 @@ def test_items_tower_shape():
         ({"objective": "next"}, "--objective 'next'"),
         ({"dropout": 1.0}, "--dropout 1.0"),
         ({"dropout": -0.1}, "--dropout -0.1"),
+        ({"positions": 2000}, "positions 2000"),
+        ({"positions": -1}, "positions -1"),
     ],
 )
 def test_sal_config_rejects_bad_values(kwargs, message):
@@ -126,3 +128,27 @@ def test_dropout_scales_kept_history_entries_in_training_and_is_off_in_eval(obje
     for kernel in ("reference", "fast"):
         plain.kernel = dropped.kernel = kernel
         torch.testing.assert_close(dropped.users(z, lengths)[0], plain.eval().users(z, lengths)[0])
+
+
+@pytest.mark.parametrize("objective", ["last", "all"])
+def test_positions_past_the_last_row_share_it(objective):
+    """positions P: the position added at index t is row min(t, P - 1), t counted from the start
+    (objective all) or from the end (last); h - A_hist(z) is that row, hand-checked per index."""
+    model = _model(objective=objective, positions=3).eval()
+    assert model.position.weight.shape == (3, 8)
+    z, lengths = _hist([5, 2], L=5)
+    added = model.history(z, lengths) - model.hist_tower(z)
+    table = model.position.weight
+    for user, n in enumerate([5, 2]):
+        for t in range(n):
+            index = t if objective == "all" else n - 1 - t
+            torch.testing.assert_close(added[user, t], table[min(index, 2)])
+    # the cap changes nothing for positions below it
+    full = _model(objective=objective)
+    with torch.no_grad():
+        full.position.weight[:3] = table
+    capped = full.history(z, lengths) - full.hist_tower(z)
+    for user, n in enumerate([5, 2]):
+        index = torch.arange(n) if objective == "all" else n - 1 - torch.arange(n)
+        below = index < 3
+        torch.testing.assert_close(capped[user, :n][below], added[user, :n][below])
