@@ -64,6 +64,9 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("sal.max_len", [50, 200, 1024]),  # the most recent items read (and trained on, objective all)
         ("sal.num_selected", [4, 8]),  # k: blocks attended item by item
         ("sal.positions", [0, 64]),  # learned position rows; later positions share the last
+        # SASRec's training: windows of 51 items every 50 (COUPLED: max_len 50, and 20 windows a
+        # batch, about the targets of 8 users a batch on ml-100k)
+        ("stride", [0, 50]),
     ],
     "sasrec": [
         ("num_layers", [1, 2, 3, 4]),
@@ -76,7 +79,8 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("inner", [128, 256, 512]),
         ("stride", [5, 10]),  # windows every 5 items: every target with >= max_len - 4 items of context
         ("train.lr", [5e-4, 1e-3]),  # below the first lr axis, whose lowest value was chosen
-        # so that SASRec has as many configurations to try as MUFASA (17)
+        ("num_layers", [1, 2]),  # two blocks again, at the width and heads chosen since
+        # so that SASRec has as many configurations to try as MUFASA (18)
     ],
     "dssm": [
         ("train.lr", [1e-3, 3e-3]),
@@ -89,6 +93,7 @@ SPACE: dict[str, list[tuple[str, list]]] = {
 COUPLED = {
     ("mufasa", "sal.layers"): lambda v: {"sal.objective": "all"} if v > 1 else {},
     ("mufasa", "id_dropout"): lambda v: {"item_ids": True} if v else {},
+    ("mufasa", "stride"): lambda v: {"sal.objective": "all", "sal.max_len": v, "train_all.batch_size": 20} if v else {},
 }
 MAIN = "NDCG@10"
 

@@ -175,6 +175,11 @@ class AlignConfig:
     # objective all, of about equal numbers of targets); 0 = plain shuffled batches. Less
     # padding, so shorter steps where lengths vary
     length_pool: int = 0
+    # beyond the paper, objective all: 0 = each user's most recent sal.max_len + 1 train items
+    # only; S > 0 = every user's train items cut into windows of sal.max_len + 1 ending every S
+    # items, as SASRec trains (each target once, with at least max_len + 1 - S items of
+    # context), so a short max_len still trains on every item; a batch is batch_size windows
+    stride: int = 0
     # `last` sees one target per user per epoch: many short epochs, validated every 5
     train: TrainConfig = TrainConfig(epochs=150, batch_size=128, lr=3e-3, patience=6, eval_every=5)
     # `all` sees every next item of every user each epoch: few long epochs, validated each one
@@ -186,8 +191,14 @@ class AlignConfig:
             raise RecipeError("uniform_negatives, mfl_weight and length_pool must be >= 0")
         if not 0 <= self.id_dropout < 1:
             raise RecipeError(f"id_dropout {self.id_dropout}: must be in [0, 1)")
+        if not 0 <= self.stride <= self.sal.max_len:
+            raise RecipeError(f"stride {self.stride}: must be in [0, sal.max_len {self.sal.max_len}] (0 = no windows)")
+        if self.stride and self.sal.objective != "all":
+            raise RecipeError(f"stride {self.stride} needs --objective all (windows of causal queries)")
         if self.id_dropout and not self.item_ids:
-            raise RecipeError(f"id_dropout {self.id_dropout} needs item_ids (no id vectors to leave out); set it to 0 without them")
+            raise RecipeError(
+                f"id_dropout {self.id_dropout} needs item_ids (no id vectors to leave out); set it to 0 without them"
+            )
 
     @property
     def schedule(self) -> str:

@@ -24,8 +24,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from mufasa_cli import artifacts
-from mufasa_cli.baselines.common import train_baseline, training_windows
+from mufasa_cli.baselines.common import train_baseline
 from mufasa_cli.config import SASRecConfig, restore
+from mufasa_cli.data.sequences import training_windows
 from mufasa_cli.errors import ArtifactError
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.runtime.loop import OnStep, seed_everything

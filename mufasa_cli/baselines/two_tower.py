@@ -26,9 +26,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from mufasa_cli import artifacts
-from mufasa_cli.baselines.common import train_baseline, training_windows
+from mufasa_cli.baselines.common import train_baseline
 from mufasa_cli.config import TwoTowerConfig, restore
 from mufasa_cli.data import schema
+from mufasa_cli.data.sequences import training_windows
 from mufasa_cli.errors import ArtifactError, DataSchemaError
 from mufasa_cli.losses import in_batch, item_log_q, sampled_softmax_loss
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10

@@ -506,9 +506,16 @@ def align_train(
             "by length before cutting it into batches (0 = plain shuffled batches)."
         ),
     ] = None,
+    stride: Annotated[
+        int | None,
+        typer.Option(
+            help="Beyond the paper, with --objective all: train on windows of max_len + 1 items ending every S "
+            "items of each history, as SASRec does (each target once); 0 = each history's most recent window only."
+        ),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (upper bound; early stopping on valid NDCG@10).")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Users per batch.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Users per batch (windows with --stride).")] = None,
     tau: Annotated[float | None, typer.Option(help="Softmax temperature (the start value with --learn-tau).")] = None,
     seed: Annotated[int, typer.Option(help="Seed: same seed, same result on CPU.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
@@ -555,6 +562,7 @@ def align_train(
         item_ids=item_ids,
         id_dropout=id_dropout,
         length_pool=length_pool,
+        stride=stride,
     )
     cfg = cfg.with_training(**_given(epochs=epochs, lr=lr, batch_size=batch_size))
     dev = resolve_device(device)

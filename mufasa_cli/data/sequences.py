@@ -86,3 +86,21 @@ def split_for_training(seqs: Sequences, num_items: int, data_dir: Path) -> Train
     if not train_seqs:
         raise DataSchemaError(f"{data_dir}: no training user has two train interactions to learn from")
     return TrainData(train_seqs, valid_hist, np.array(valid_target, dtype=np.int64), num_items)
+
+
+def training_windows(seqs: list[np.ndarray], max_len: int, stride: int | None = None) -> list[tuple[np.ndarray, int]]:
+    """Cut each train sequence into windows of at most max_len + 1 items (max_len inputs, each
+    predicting the next), ending at its last item and then every `stride` items earlier
+    (default max_len: windows do not overlap). Returns (window, first): the window's targets
+    from `first` on are its own, so that every item after the first is a target exactly once
+    however long the sequence (as RecBole's per-interaction samples cover every target). A
+    smaller stride gives every target at least max_len + 1 - stride items of context, at
+    max_len / stride times the cost; windows with no target are dropped."""
+    stride = max_len if stride is None else stride
+    out = []
+    for s in seqs:
+        for end in range(len(s), 1, -stride):
+            start = max(0, end - max_len - 1)
+            first = 0 if end - stride <= 1 else max(0, end - stride - start - 1)
+            out.append((s[start:end], first))
+    return out

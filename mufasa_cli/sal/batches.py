@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mufasa_cli.data.sequences import TrainData, pad
+from mufasa_cli.data.sequences import TrainData, pad, training_windows
 
 
 def user_batches(
@@ -59,18 +59,28 @@ def last_batches(data: TrainData, bs: int, max_len: int, device: torch.device, p
     return batches
 
 
-def all_batches(data: TrainData, bs: int, max_len: int, device: torch.device, pool: int = 0):
+def all_batches(data: TrainData, bs: int, max_len: int, device: torch.device, pool: int = 0, stride: int = 0):
     """Objective `all`: every position of the most recent max_len + 1 train items is a query
-    for the next item; yields (ids, lengths, qpos (B, L), targets (B, L), -1 = no query)."""
-    sizes = data.sizes(max_len)
+    for the next item; yields (ids, lengths, qpos (B, L), targets (B, L), -1 = no query).
+    stride > 0: each user's train items cut into windows of max_len + 1 ending every `stride`
+    items (data.sequences.training_windows, as SASRec trains), each target trained once, in
+    the window that gives it the most context; a batch holds bs windows."""
+    if stride:
+        windows = training_windows(data.train_seqs, max_len, stride)
+        units = [w for w, _ in windows]
+        firsts = np.array([f for _, f in windows])
+    else:
+        units = [q[-(max_len + 1) :] for q in data.train_seqs]
+        firsts = np.zeros(len(units), dtype=np.int64)
+    sizes = np.array([len(q) - 1 for q in units]) - firsts  # targets of each unit
 
     def batches(rng: np.random.Generator):
         for rows in user_batches(rng, sizes, bs, pool, targets=sizes):
-            seqs = [data.train_seqs[r][-(max_len + 1) :] for r in rows]
+            seqs = [units[r] for r in rows]
             ids, lengths = pad([q[:-1] for q in seqs], max_len)
             targets = torch.full(ids.shape, -1, dtype=torch.long)
-            for i, q in enumerate(seqs):
-                targets[i, : len(q) - 1] = torch.as_tensor(q[1:])
+            for i, (q, r) in enumerate(zip(seqs, rows, strict=True)):
+                targets[i, firsts[r] : len(q) - 1] = torch.as_tensor(q[firsts[r] + 1 :])
             if int((targets >= 0).sum()) < 2:
                 continue
             # every position a query, padding too (no target there, so no loss): the fast

@@ -78,8 +78,10 @@ def run_align(
     z = torch.as_tensor(z_np)
     model = Aligner(SALEncoder(z_np.shape[1], cfg.sal, kernel), cfg, z, log_p, fusion, mb, ids_for).to(device)
     train_cfg = cfg.training()
-    make = all_batches if cfg.sal.objective == "all" else last_batches
-    batches = make(data, train_cfg.batch_size, cfg.sal.max_len, device, cfg.length_pool)
+    if cfg.sal.objective == "all":
+        batches = all_batches(data, train_cfg.batch_size, cfg.sal.max_len, device, cfg.length_pool, cfg.stride)
+    else:
+        batches = last_batches(data, train_cfg.batch_size, cfg.sal.max_len, device, cfg.length_pool)
 
     seen = history_csr(data.valid_hist)
 

@@ -58,7 +58,7 @@ def test_cross_entropy_falls_on_a_repeating_pattern():
 
 
 def test_training_windows_make_every_item_after_the_first_a_target_once():
-    from mufasa_cli.baselines.common import training_windows
+    from mufasa_cli.data.sequences import training_windows
 
     seq = np.arange(12)
     windows = training_windows([seq, np.array([7, 8]), np.array([5])], 5)
@@ -69,7 +69,7 @@ def test_training_windows_make_every_item_after_the_first_a_target_once():
 
 
 def test_overlapping_windows_own_each_target_once_with_long_context():
-    from mufasa_cli.baselines.common import training_windows
+    from mufasa_cli.data.sequences import training_windows
 
     seq = np.arange(12)  # item i at index i, so targets are their own context length
     windows = training_windows([seq], 5, stride=2)
@@ -103,7 +103,7 @@ def test_last_only_equals_the_last_position_of_the_full_forward_with_gradients()
 
 
 def test_stride_one_windows_are_one_target_samples_at_the_last_position():
-    from mufasa_cli.baselines.common import training_windows
+    from mufasa_cli.data.sequences import training_windows
 
     seq = np.arange(9)
     windows = training_windows([seq], 4, stride=1)

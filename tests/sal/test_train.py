@@ -379,6 +379,48 @@ def test_objective_all_batches_query_every_position_and_real_outputs_match_clamp
     assert int(real.sum()) == sum(len(s) - 1 for s in seqs)
 
 
+def test_stride_windows_train_every_target_once_with_their_context():
+    """--stride: histories cut into windows of max_len + 1 ending every `stride` items; a
+    window's targets before its `first` belong to a later window, so every train item after a
+    user's first is a target exactly once. Hand-checked on 1..11 with max_len 4, stride 2:
+    windows end at 11, 9, 7, 5 and 3, and train the targets 10-11, 8-9, 6-7, 4-5 and 2-3."""
+    windows = sequences.training_windows([np.arange(1, 12)], 4, 2)
+    assert [(w.tolist(), f) for w, f in windows] == [
+        ([7, 8, 9, 10, 11], 2),
+        ([5, 6, 7, 8, 9], 2),
+        ([3, 4, 5, 6, 7], 2),
+        ([1, 2, 3, 4, 5], 2),
+        ([1, 2, 3], 0),
+    ]
+    data = sequences.TrainData([np.arange(1, 12), np.array([5, 2, 9])], [], np.zeros(0, dtype=np.int64), 20)
+    trained = {}
+    for ids, lengths, _, targets in sal_batches.all_batches(data, 1, 4, torch.device("cpu"), stride=2)(
+        np.random.default_rng(0)
+    ):
+        window = ids[0, : lengths[0]].tolist()
+        trained[tuple(window)] = targets[0][targets[0] >= 0].tolist()
+        assert (targets[0, lengths[0] :] == -1).all()  # padding has no target
+    assert trained == {
+        (7, 8, 9, 10): [10, 11],
+        (5, 6, 7, 8): [8, 9],
+        (3, 4, 5, 6): [6, 7],
+        (1, 2, 3, 4): [4, 5],
+        (1, 2): [2, 3],
+        (5, 2): [2, 9],
+    }
+
+
+def test_stride_needs_objective_all_and_fits_max_len():
+    from mufasa_cli.config import AlignConfig
+    from mufasa_cli.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="stride 5 needs --objective all"):
+        AlignConfig(stride=5)
+    with pytest.raises(RecipeError, match="stride 80: must be in"):
+        AlignConfig(sal=SALConfig(objective="all", max_len=50), stride=80)
+    assert AlignConfig(sal=SALConfig(objective="all", max_len=50), stride=50).stride == 50
+
+
 def test_user_batches_without_a_pool_are_the_shuffled_order_cut_in_batches():
     lengths = np.array([3, 9, 1, 4, 7])
     batches = sal_batches.user_batches(np.random.default_rng(5), lengths, 2, pool=0)
