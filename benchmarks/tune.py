@@ -67,6 +67,8 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         # SASRec's training: windows of 51 items every 50 (COUPLED: max_len 50, and 20 windows a
         # batch, about the targets of 8 users a batch on ml-100k)
         ("stride", [0, 50]),
+        ("learn_tau", [False, True]),  # the softmax temperature trained with the model
+        ("mfl_weight", [0.5, 0.2]),  # the MFL's own losses, kept while it is fine-tuned
     ],
     "sasrec": [
         ("num_layers", [1, 2, 3, 4]),
@@ -80,7 +82,9 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("stride", [5, 10]),  # windows every 5 items: every target with >= max_len - 4 items of context
         ("train.lr", [5e-4, 1e-3]),  # below the first lr axis, whose lowest value was chosen
         ("num_layers", [1, 2]),  # two blocks again, at the width and heads chosen since
-        # so that SASRec has as many configurations to try as MUFASA (18)
+        ("d_model", [128, 256]),  # wider again, as 64 -> 128 was chosen
+        ("dropout", [0.5, 0.3]),  # at the width and heads chosen since
+        # so that SASRec has as many configurations to try as MUFASA (20)
     ],
     "dssm": [
         ("train.lr", [1e-3, 3e-3]),
