@@ -24,6 +24,28 @@ from mufasa_cli.sal.model import SALEncoder
 TAU_RANGE = (0.01, 1.0)
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # ids, lengths, qpos, targets (-1: none)
+GROUP_COST = 64  # history rows one more SAL call is worth (its fixed cost), for length_groups
+
+
+def length_groups(lengths: list[int], call: int = GROUP_COST) -> list[list[int]]:
+    """The batch's users (indices into `lengths`) in groups of similar length, so that each
+    group is padded only to its own longest history: the partition of the users sorted by
+    length into runs that minimises the padded rows, sum of size * longest, plus `call` per
+    group (dynamic programming over the sorted order; a batch has few users)."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of grouping the j shortest
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):  # the last group is order[i:j], padded to lengths[order[j - 1]]
+            cost = best[i] + (j - i) * lengths[order[j - 1]] + call
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j:
+        groups.append(order[cut[j] : j])
+        j = cut[j]
+    return groups[::-1]
 
 
 class Aligner(nn.Module):
@@ -54,6 +76,7 @@ class Aligner(nn.Module):
         if ids_for is not None:  # (N,) bool: which items get a vector
             self.ids = nn.Parameter(torch.zeros(len(ids_for), sal.item_tower[0].in_features))
             self.register_buffer("has_id", ids_for.float()[:, None])
+        self.group_lengths = True  # encode users in groups of similar length (False: one padded call)
         log_tau = torch.tensor(math.log(cfg.tau))
         if cfg.learn_tau:
             self.log_tau = nn.Parameter(log_tau)
@@ -110,8 +133,7 @@ class Aligner(nn.Module):
         # index_select, not z_u[...]: its backward is an index_add, the indexing's an
         # accumulating index_put that costs several times more on CPU
         rows = z_u.index_select(0, local(ids).flatten()).view(*ids.shape, -1)
-        out, _ = self.sal.encode(rows, lengths, qpos)
-        u, t = out[real], targets[real]  # (R, D), (R,)
+        u, t = self._encode_grouped(rows, lengths, qpos, targets)  # (R, D), (R,)
         e_all = self.sal.items(z_u)
         if cfg.full_softmax:  # exact softmax over the catalogue: no sampling, so no correction
             loss = full_softmax_loss(u, e_all, t, self.tau())
@@ -126,6 +148,25 @@ class Aligner(nn.Module):
         if cfg.learn_tau:
             shown["tau"] = self.tau().item()
         return loss, shown
+
+    def _encode_grouped(self, rows, lengths, qpos, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        """The outputs u (R, D) at the batch's queries that have a target, and those targets
+        (R,). Users are encoded in groups of similar length (length_groups), each padded to
+        its own longest history only: the same outputs as one call over the batch padded to
+        its longest (each user's are its own), in another row order, which the loss ignores."""
+        groups = length_groups(lengths.tolist()) if self.group_lengths else [list(range(len(lengths)))]
+        us, ts = [], []
+        for users in groups:
+            pick = torch.as_tensor(users, device=rows.device)
+            n = int(lengths[pick].max())
+            q, t = qpos[pick], targets[pick]
+            if q.shape[1] == rows.shape[1]:  # one query per position (objective all): keep n of them
+                q, t = q[:, :n], t[:, :n]
+            out, _ = self.sal.encode(rows[pick, :n], lengths[pick], q)
+            real = t >= 0
+            us.append(out[real])
+            ts.append(t[real])
+        return torch.cat(us), torch.cat(ts)
 
     def _sampled_loss(self, u, t, e_all, local, extra) -> torch.Tensor:
         """In-batch softmax with logQ correction, plus the uniform draws `extra` as columns."""

@@ -193,6 +193,49 @@ def test_id_dropout_scores_a_share_of_the_steps_items_from_z_alone_while_trainin
     np.testing.assert_array_equal(model.with_ids(torch.zeros(N, d), items)[:, 0].detach().numpy(), has.float().numpy())
 
 
+def test_length_groups_pad_each_group_to_its_own_longest():
+    """Hand-checked: lengths 20..100 and 400 with a call worth 64 rows. Groups {20-50},
+    {60-100}, {400} pad 4 * 50 + 3 * 100 + 400 = 900 rows + 3 calls = 1092, against 8 * 400 + 64
+    = 3264 for one call; every user once."""
+    lengths = [60, 20, 400, 30, 100, 40, 80, 50]
+    groups = aligner.length_groups(lengths)
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[20, 30, 40, 50], [60, 80, 100], [400]]
+    assert sorted(i for g in groups for i in g) == list(range(8))
+    assert aligner.length_groups([5, 3]) == [[1, 0]]  # close lengths: one call
+    assert aligner.length_groups([7]) == [[0]]
+    assert aligner.length_groups([1, 200], call=0) == [[0], [1]]
+
+
+@pytest.mark.parametrize("objective", ["last", "all"])
+def test_grouped_encoding_gives_the_loss_and_gradients_of_one_padded_call(objective):
+    """Aligner encodes users in length groups, each padded to its own longest: the same loss
+    and gradients as one call over the batch padded to its longest (eval mode: no dropout)."""
+    from mufasa_cli.config import AlignConfig
+
+    N, d = 40, 8
+    sal_cfg = SALConfig(d_model=8, num_heads=2, block_size=2, num_selected=2, objective=objective, max_len=64)
+    cfg = AlignConfig(sal=sal_cfg, full_softmax=True)
+    torch.manual_seed(0)
+    model = aligner.Aligner(SALEncoder(d, sal_cfg, "fast"), cfg, torch.randn(N, d), torch.zeros(N)).to(torch.float64)
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(0, N, n) for n in (3, 40, 5, 2, 33, 9)]
+    data = sequences.TrainData(seqs, [], np.zeros(0, dtype=np.int64), N)
+    make = sal_batches.all_batches if objective == "all" else sal_batches.last_batches
+    batch = next(make(data, 6, 64, torch.device("cpu"))(np.random.default_rng(1)))
+    assert len(aligner.length_groups(batch[1].tolist())) > 1  # the test covers the grouping
+    model.eval()
+    results = []
+    for grouped in (True, False):
+        model.group_lengths = grouped
+        model.zero_grad()
+        loss, _ = model(batch)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=1e-12)
+    for a, b in zip(results[0][1], results[1][1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_id_dropout_needs_item_ids_and_a_share_below_one(fused, tmp_path):
     run = _copy(fused, tmp_path)
     bad = invoke("align-train", run, "--id-dropout", "0.5")
