@@ -41,10 +41,37 @@ def test_tune_gives_each_model_the_budget_and_writes_records_and_recipe(tmp_path
     load_recipe(str(run / "tuning" / "recipe.yaml"))  # a valid recipe
     table = next(res.glob("*-tune-synthetic.md")).read_text()
     assert "benchmarks/tune.py synthetic" in table and "## mufasa" in table and "## sasrec" in table
-    # a second call reads the finished trials instead of training them again
-    again = subprocess.run(args, capture_output=True, text=True, cwd=SCRIPT.parents[1])
+    # a second call reads the finished trials instead of training them again; with --confirm it
+    # then trains the 2 best of each model with seed 1 and chooses by the mean over both seeds
+    again = subprocess.run([*args, "--confirm", "2", "--confirm-seeds", "1"], capture_output=True, text=True, cwd=SCRIPT.parents[1])
     assert again.returncode == 0, again.stderr[-2000:]
-    assert json.loads((run / "tuning" / "mufasa.json").read_text())["trials"] == mufasa["trials"]
+    confirmed = json.loads((run / "tuning" / "mufasa.json").read_text())
+    searched = ("trial", "config", "valid", "best_epoch", "epochs_run")
+    assert [{k: t[k] for k in searched} for t in confirmed["trials"]] == [
+        {k: t[k] for k in searched} for t in mufasa["trials"]
+    ]
+    assert (run / "tuning" / "seed1" / "fuse" / "manifest.json").is_file()  # MUFASA's own fuse for seed 1
+    for model in ("mufasa", "sasrec"):
+        record = json.loads((run / "tuning" / f"{model}.json").read_text())
+        assert record["confirm_seeds"] == [1]
+        for t in record["trials"]:  # both trials are the 2 best: each has seed 1 and the mean of the two
+            one = t["seeds"]["1"]["valid"]["NDCG@10"]
+            assert t["valid_mean"]["NDCG@10"] == (t["valid"]["NDCG@10"] + one) / 2
+            assert (run / "tuning" / model / str(t["trial"]) / "seed1" / "trial.yaml").is_file()
+        means = [t["valid_mean"]["NDCG@10"] for t in record["trials"]]
+        assert record["best_valid_mean"]["NDCG@10"] == max(means)
+        assert record["best_config"] == record["trials"][record["best"]]["config"]
+    assert yaml.safe_load((run / "tuning" / "recipe.yaml").read_text())["align"] == confirmed["best_config"]
+    table = sorted(res.glob("*-tune-synthetic.md"))[-1].read_text()
+    assert "--confirm 2" in table and "Confirmation, valid NDCG@10 per seed" in table and "| seed 0 | seed 1 | mean |" in table
+
+
+def test_confirm_seeds_are_checked():
+    for bad in (["--confirm", "-1"], ["--confirm", "2", "--confirm-seeds", "0,1"], ["--confirm-seeds", "1,x"]):
+        done = subprocess.run(
+            [sys.executable, str(SCRIPT), "synthetic", *bad], capture_output=True, text=True, cwd=SCRIPT.parents[1]
+        )
+        assert done.returncode == 2 and "--confirm" in done.stderr, done.stderr
 
 
 def _tune_module():
