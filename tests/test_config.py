@@ -61,13 +61,16 @@ def test_saved_settings_match_over_the_defaults():
 
 def test_recipes_layer_in_order(tmp_path):
     base = tmp_path / "base.yaml"
-    base.write_text("align:\n  item_ids: true\n  sal: {objective: all, layers: 2, d_model: 32}\n  train: {epochs: 7}\n")
+    base.write_text(
+        "align:\n  item_ids: true\n  sal: {objective: all, layers: 2, d_model: 32, recency: true}\n  train: {epochs: 7}\n"
+    )
     paper = Path(__file__).parents[1] / "recipes" / "paper-faithful.yaml"
     r = load_recipe([str(base), str(paper)])
     # the paper's model wins where both set a key; what only the base sets stays
     assert (r.align.sal.layers, r.align.sal.objective, r.align.item_ids) == (1, "last", False)
     assert r.align.sal.d_model == 32 and r.align.train.epochs == 7
     assert not r.align.full_softmax and r.align.uniform_negatives == 0 and not r.align.finetune_mfl
+    assert not r.align.sal.recency
 
 
 def test_scientific_notation_reads_as_a_float_and_non_finite_values_are_refused(tmp_path):

@@ -456,6 +456,14 @@ def align_train(
         float | None,
         typer.Option(help="Beyond the paper: dropout on the history rows while training, in [0, 1) (0 = none)."),
     ] = None,
+    recency: Annotated[
+        bool | None,
+        typer.Option(
+            "--recency/--no-recency",
+            help="Beyond the paper: a learned recency bias per head on the block scores (ALiBi-style, starting "
+            "at 0, the paper's scores); it also steers which blocks are selected.",
+        ),
+    ] = None,
     finetune_mfl: Annotated[
         bool | None,
         typer.Option(
@@ -549,6 +557,7 @@ def align_train(
         window=window,
         selection=selection,
         dropout=dropout,
+        recency=recency,
         layers=layers,
     )
     cfg = _replace_given(

@@ -32,12 +32,18 @@ def paper_window_sizes(history_lengths: torch.Tensor) -> torch.Tensor:
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, num_heads: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    num_heads: int,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scaled dot-product attention of each query over its S keys.
 
     q: (B, Q, D); k, v: (B, S, D) shared by the queries, or (B, Q, S, D) per query;
-    mask: (B, Q, S) bool, True = may attend.
+    mask: (B, Q, S) bool, True = may attend; bias: added to the scaled scores, broadcastable
+    to (B, H, Q, S), or None.
     Returns (out (B, Q, D), weights (B, H, Q, S)); a query with no key gets out = 0, weights = 0.
     """
     B, Q, D = q.shape
@@ -53,7 +59,10 @@ def attend(
         kh = k.view(B, Q, S, H, dh).permute(0, 3, 1, 2, 4)  # (B, H, Q, S, dh)
         vh = v.view(B, Q, S, H, dh).permute(0, 3, 1, 2, 4)
         scores = (qh[..., None, :] @ kh.transpose(-1, -2)).squeeze(-2)  # (B, H, Q, S)
-    scores = (scores / math.sqrt(dh)).masked_fill(~mask[:, None], -torch.inf)
+    scores = scores / math.sqrt(dh)
+    if bias is not None:
+        scores = scores + bias
+    scores = scores.masked_fill(~mask[:, None], -torch.inf)
     any_key = mask.any(-1)[:, None, :, None]  # (B, 1, Q, 1)
     weights = torch.softmax(torch.where(any_key, scores, torch.zeros_like(scores)), dim=-1)
     weights = torch.where(any_key, weights, torch.zeros_like(weights))  # (B, H, Q, S)
@@ -128,12 +137,26 @@ def visible_blocks(block_mask: torch.Tensor, qpos: torch.Tensor, block_size: int
     return block_mask[:, None, :] & (edge <= qpos[..., None])
 
 
+def recency_bias(slope: torch.Tensor, qpos: torch.Tensor, num_blocks: int, block_size: int) -> torch.Tensor:
+    """The recency bias of cfg.recency (beyond the paper): -slope_e * (qpos // b - j) for head
+    e, query position qpos and block j. slope (H,), qpos (B, Q) -> (B, H, Q, nB). Blocks the
+    query sees are at distance >= 1 (causal) or >= 0 (its own partial block, objective last)."""
+    distance = (qpos // block_size)[..., None] - torch.arange(num_blocks, device=qpos.device)  # (B, Q, nB)
+    return -slope[:, None, None] * distance[:, None].to(slope.dtype)
+
+
 def block_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor, num_heads: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    visible: torch.Tensor,
+    num_heads: int,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 9: attention over block vectors k, v (B, nB, D). Returns z_long (B, Q, D) and
-    a_block (B, Q, nB), the block weights averaged over heads (what eq. 10 ranks)."""
-    z, weights = attend(q, k, v, visible, num_heads)
+    """Eq. 9: attention over block vectors k, v (B, nB, D), with an optional score bias
+    (recency_bias). Returns z_long (B, Q, D) and a_block (B, Q, nB), the block weights
+    averaged over heads (what eq. 10 ranks)."""
+    z, weights = attend(q, k, v, visible, num_heads, bias)
     return z, weights.mean(1)
 
 

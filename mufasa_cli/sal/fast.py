@@ -50,14 +50,22 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> t
 
 
 def attend_shared(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, num_heads: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    num_heads: int,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`attention.attend` with keys shared by the queries: q (B, Q, D), k, v (B, S, D), mask (B, Q, S).
+    """`attention.attend` with keys shared by the queries: q (B, Q, D), k, v (B, S, D), mask
+    (B, Q, S), bias broadcastable to (B, H, Q, S) or None.
     Returns (out (B, Q, D), weights (B, H, Q, S))."""
     B, Q, D = q.shape
     S, H = k.shape[1], num_heads
     split = lambda x, n: x.view(B, n, H, D // H).transpose(1, 2)  # noqa: E731  (B, H, n, dh)
     scores = split(q / math.sqrt(D // H), Q) @ split(k, S).transpose(-1, -2)  # (B, H, Q, S)
+    if bias is not None:
+        scores = scores + bias
     weights = masked_softmax(scores, mask[:, None])
     return (weights @ split(v, S)).transpose(1, 2).reshape(B, Q, D), weights
 
@@ -315,6 +323,7 @@ def query_side_block_attention(
     w_k: torch.Tensor,
     w_v: torch.Tensor,
     num_heads: int,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The block branch (eqs. 8-9) for a few queries per user (objective `last`, embed), with
     the projections moved to the query side. The block vector phi(x_j) = W_phi x_j + c and
@@ -327,7 +336,8 @@ def query_side_block_attention(
     a one-query batch shares.
 
     q: (B, Q, D) projected queries; x: (B, nB, b, D) the blocks' items (`attention.block_items`);
-    visible (B, Q, nB); w_k, w_v: (D, D) weights of W_K, W_V (no bias).
+    visible (B, Q, nB); w_k, w_v: (D, D) weights of W_K, W_V (no bias); bias: added to the
+    scores, broadcastable to (B, H, Q, nB), or None.
     Returns (z_long (B, Q, D), weights (B, H, Q, nB)), equal to attend_shared's on phi(x).
     """
     B, Q, D = q.shape
@@ -337,6 +347,8 @@ def query_side_block_attention(
     q_item = (qh @ w_k.view(H, dh, D)).squeeze(-2) @ phi.weight  # (B, Q, H, b*D): W_phi^T W_K,e^T q_e
     flat = x.reshape(B, nB, -1)  # (B, nB, b*D)
     scores = (q_item.view(B, Q * H, -1) @ flat.transpose(1, 2)).view(B, Q, H, nB).transpose(1, 2)  # (B, H, Q, nB)
+    if bias is not None:
+        scores = scores + bias
     weights = masked_softmax(scores, visible[:, None])
     pooled = weights.transpose(1, 2).reshape(B, Q * H, nB) @ flat  # (B, Q*H, b*D): sum_j a_j x_j
     mass = weights.sum(-1).transpose(1, 2)[..., None]  # (B, Q, H, 1): 1, or 0 for a query with no block
@@ -354,6 +366,7 @@ def causal_block_attention(
     num_heads: int,
     every: int = 1,
     chunk: int = 512,
+    slope: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The block branch (eq. 9) for dense causal queries: query p sees block j when j holds a
     real item and is complete at p ((j+1)*b - 1 <= p). Queries go in chunks of `chunk`
@@ -365,7 +378,8 @@ def causal_block_attention(
     activation of the `all` objective, for the price of one more chunk-sized matmul and
     softmax.
 
-    q: (B, L, D); k, v: (B, nB, D) block vectors; block_mask (B, nB).
+    q: (B, L, D); k, v: (B, nB, D) block vectors; block_mask (B, nB); slope (H,): the
+    recency bias of cfg.recency (`attention.recency_bias`, with its gradient), or None.
     Returns z_long (B, L, D) and a_block, the weights averaged over heads, at positions
     0, every, 2*every, ... (B, ceil(L/every), nB), without a gradient (eq. 10 only ranks
     them); `every` divides `chunk`.
@@ -374,21 +388,33 @@ def causal_block_attention(
     H = num_heads
     chunk = max(every, chunk // every * every)
     qh = heads(q / math.sqrt(D // H), H)  # (B, H, L, dh), the scale folded into q
-    out, a_block = _ChunkedBlockAttention.apply(qh, heads(k, H), heads(v, H), block_mask, block_size, chunk, every)
+    out, a_block = _ChunkedBlockAttention.apply(
+        qh, heads(k, H), heads(v, H), block_mask, block_size, chunk, every, slope
+    )
     return merge_heads(out, L), a_block
 
 
 class _ChunkedBlockAttention(torch.autograd.Function):
     """softmax(q k^T, causal block mask) v over query chunks, saving only q, k, v and the
-    output: backward recomputes each chunk's weights. qh (B, H, L, dh) scaled, kh, vh (B, H, nB, dh)."""
+    output: backward recomputes each chunk's weights. qh (B, H, L, dh) scaled, kh, vh (B, H, nB, dh),
+    slope (H,) or None: the recency bias -slope_e * (p // b - j) on the scores."""
 
     @staticmethod
-    def _weights(qh, kh, block_mask, block_size, start, end):
+    def _distance(start, end, nb, block_size, device):
+        """(end-start, nb): the query's block minus block j, for the chunk's queries."""
+        pos = torch.arange(start, end, device=device)
+        return ((pos // block_size)[:, None] - torch.arange(nb, device=device)).float()
+
+    @staticmethod
+    def _weights(qh, kh, block_mask, block_size, start, end, slope=None):
         """The chunk's weights (B, H, end-start, nb) over the nb blocks complete by its last
         query; a row with no visible block gets weights 0. The causal mask touches only the
         blocks that complete inside the chunk: every query of the chunk sees the ones before."""
         nb = min(kh.shape[2], end // block_size)
         scores = qh[:, :, start:end] @ kh[:, :, :nb].transpose(-1, -2)
+        if slope is not None:
+            distance = _ChunkedBlockAttention._distance(start, end, nb, block_size, qh.device).to(qh.dtype)
+            scores.sub_(slope[:, None, None] * distance)  # (H, 1, 1) * (end-start, nb)
         lowest = torch.finfo(qh.dtype).min
         seen_by_all = min(nb, (start + 1) // block_size)  # blocks complete at the chunk's first query
         pos = torch.arange(start, end, device=qh.device)
@@ -407,17 +433,17 @@ class _ChunkedBlockAttention(torch.autograd.Function):
         return weights, nb
 
     @staticmethod
-    def forward(ctx, qh, kh, vh, block_mask, block_size, chunk, every):
+    def forward(ctx, qh, kh, vh, block_mask, block_size, chunk, every, slope):
         B, H, L, dh = qh.shape
         nB = kh.shape[2]
         out = qh.new_empty(B, H, L, dh)
         a_block = []
         for start in range(0, L, chunk):
             end = min(start + chunk, L)
-            w, nb = _ChunkedBlockAttention._weights(qh, kh, block_mask, block_size, start, end)
+            w, nb = _ChunkedBlockAttention._weights(qh, kh, block_mask, block_size, start, end, slope)
             torch.matmul(w, vh[:, :, :nb], out=out[:, :, start:end])
             a_block.append(F.pad(w[:, :, ::every].mean(1), (0, nB - nb)))
-        ctx.save_for_backward(qh, kh, vh, block_mask, out)
+        ctx.save_for_backward(qh, kh, vh, block_mask, out, slope)
         ctx.block_size, ctx.chunk = block_size, chunk
         a_block = torch.cat(a_block, 1)
         ctx.mark_non_differentiable(a_block)
@@ -425,17 +451,21 @@ class _ChunkedBlockAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, d_out, _):
-        qh, kh, vh, block_mask, out = ctx.saved_tensors
+        qh, kh, vh, block_mask, out, slope = ctx.saved_tensors
         L = qh.shape[2]
         # every chunk writes its rows of d_q, so no zero fill
         d_q, d_k, d_v = torch.empty_like(qh), torch.zeros_like(kh), torch.zeros_like(vh)
+        d_slope = None if slope is None else torch.zeros_like(slope)
         delta = (d_out * out).sum(-1, keepdim=True)  # (B, H, L, 1): sum_j w_j dw_j of each row
         for start in range(0, L, ctx.chunk):
             end = min(start + ctx.chunk, L)
-            w, nb = _ChunkedBlockAttention._weights(qh, kh, block_mask, ctx.block_size, start, end)
+            w, nb = _ChunkedBlockAttention._weights(qh, kh, block_mask, ctx.block_size, start, end, slope)
             g = d_out[:, :, start:end]
             d_v[:, :, :nb] += w.transpose(-1, -2) @ g
             d_s = (g @ vh[:, :, :nb].transpose(-1, -2)).sub_(delta[:, :, start:end]).mul_(w)  # softmax backward
             torch.matmul(d_s, kh[:, :, :nb], out=d_q[:, :, start:end])
             d_k[:, :, :nb] += d_s.transpose(-1, -2) @ qh[:, :, start:end]
-        return d_q, d_k, d_v, None, None, None, None
+            if d_slope is not None:  # score -= slope_e * distance: d slope_e = -sum d_s * distance
+                distance = _ChunkedBlockAttention._distance(start, end, nb, ctx.block_size, qh.device)
+                d_slope -= (d_s.sum(0) * distance.to(d_s.dtype)).sum((-2, -1))
+        return d_q, d_k, d_v, None, None, None, None, d_slope

@@ -68,7 +68,7 @@ class Blocks:
     visible: torch.Tensor | None = None  # (B, Q', nB) blocks visible to the ranking queries
     weights: torch.Tensor | None = None  # (B, Q', nB) a_block of the ranking queries
     vectors: torch.Tensor | None = None  # (B, nB, D) block vectors (eq. 8)
-    attend: Callable | None = None  # (query, visible) -> (output, weights) with the block projections
+    attend: Callable | None = None  # (query, visible, qpos) -> (output, weights) with the block projections
     q: torch.Tensor | None = None  # flex: the block branch's projected queries and keys
     k: torch.Tensor | None = None
 
@@ -89,7 +89,8 @@ class Reference:
         cfg, p = layer.cfg, layer.proj["block"]
         vectors, mask = block_vectors(x.h, x.lengths, cfg.block_size, layer.phi)  # eq. 8
         visible = visible_blocks(mask, x.qpos, cfg.block_size, layer.causal)
-        out, a = block_attention(p.q(x.q), p.k(vectors), p.v(vectors), visible, cfg.num_heads)
+        bias = layer.block_bias(x.qpos, mask.shape[1])
+        out, a = block_attention(p.q(x.q), p.k(vectors), p.v(vectors), visible, cfg.num_heads, bias)
         return out, Blocks(mask, visible, a, vectors), {"block_weights": a}
 
     def selective(self, layer: SALLayer, x: Inputs, blocks: Blocks) -> tuple[torch.Tensor, Fields]:
@@ -98,7 +99,8 @@ class Reference:
         if cfg.selection == "query_block":  # every query ranks by its query block's first query
             q_lead, visible = layer.leaders(x.h, x.qpos, blocks.mask)
             p = layer.proj["block"]
-            a_block = block_attention(p.q(q_lead), p.k(blocks.vectors), p.v(blocks.vectors), visible, H)[1]
+            bias = layer.block_bias(x.qpos, blocks.mask.shape[1])  # a leader is in its queries' block
+            a_block = block_attention(p.q(q_lead), p.k(blocks.vectors), p.v(blocks.vectors), visible, H, bias)[1]
         p = layer.proj["selective"]
         idx, valid = select_blocks(a_block, visible, cfg.num_selected)  # eq. 10
         out, pos, w = selective_attention(p.q(x.q), p.k(x.h), p.v(x.h), x.qpos, idx, valid, cfg.block_size, H)
@@ -133,25 +135,31 @@ class Fast(Reference):
         # one query per user (last, embed): project the query, not every block
         query_side = x.qpos.shape[1] == 1 and layer.phi is not None
         vectors = None
+        # attend_blocks(query rows, their visible blocks, their positions) -> (out, weights)
         if query_side:
             items, mask = block_items(x.h, x.lengths, b)
 
-            def attend_blocks(query: torch.Tensor, visible: torch.Tensor):
-                return fast.query_side_block_attention(p.q(query), items, visible, layer.phi, p.k.weight, p.v.weight, H)
+            def attend_blocks(query: torch.Tensor, visible: torch.Tensor, qpos: torch.Tensor):
+                bias = layer.block_bias(qpos, items.shape[1])
+                w_k, w_v = p.k.weight, p.v.weight
+                return fast.query_side_block_attention(p.q(query), items, visible, layer.phi, w_k, w_v, H, bias)
         else:
             vectors, mask = block_vectors(x.h, x.lengths, b, layer.phi)  # eq. 8
 
-            def attend_blocks(query: torch.Tensor, visible: torch.Tensor):
-                return fast.attend_shared(p.q(query), p.k(vectors), p.v(vectors), visible, H)
+            def attend_blocks(query: torch.Tensor, visible: torch.Tensor, qpos: torch.Tensor):
+                bias = layer.block_bias(qpos, vectors.shape[1])
+                return fast.attend_shared(p.q(query), p.k(vectors), p.v(vectors), visible, H, bias)
 
         if x.dense and layer.causal and not query_side:
             # a_block of every query, or with shared selection of each query block's first
             every = b if shared else 1
-            out, weights = fast.causal_block_attention(p.q(x.q), p.k(vectors), p.v(vectors), mask, b, H, every)
+            out, weights = fast.causal_block_attention(
+                p.q(x.q), p.k(vectors), p.v(vectors), mask, b, H, every, slope=layer.recency
+            )
             visible = visible_blocks(mask, x.qpos[:, ::every], b, layer.causal)
         else:
             visible = visible_blocks(mask, x.qpos, b, layer.causal)
-            out, w = attend_blocks(x.q, visible)
+            out, w = attend_blocks(x.q, visible, x.qpos)
             weights = w.mean(1)
         return out, Blocks(mask, visible, weights, vectors, attend_blocks), {"block_weights": weights}
 
@@ -161,7 +169,7 @@ class Fast(Reference):
         a_block, visible = blocks.weights, blocks.visible  # shared and dense: already per query block
         if shared and not x.dense:
             q_lead, visible = layer.leaders(x.h, x.qpos, blocks.mask)
-            a_block = blocks.attend(q_lead, visible)[1].mean(1)
+            a_block = blocks.attend(q_lead, visible, x.qpos)[1].mean(1)  # a leader is in its queries' block
         p = layer.proj["selective"]
         idx, valid = fast.select_blocks(a_block, visible, cfg.num_selected)  # eq. 10
         if shared and x.dense:  # gather once per query block
@@ -189,8 +197,9 @@ class Flex(Fast):
 
     @staticmethod
     def _masks(layer: SALLayer, x: Inputs) -> bool:
-        """FlexAttention serves dense causal queries; anything else goes the Fast way."""
-        return layer.causal and x.dense
+        """FlexAttention serves dense causal queries without the recency bias (cfg.recency);
+        anything else goes the Fast way."""
+        return layer.causal and x.dense and layer.recency is None
 
     def window(self, layer: SALLayer, x: Inputs) -> tuple[torch.Tensor, Fields]:
         if not self._masks(layer, x):

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 
 from mufasa_cli.errors import RecipeError
 from mufasa_cli.sal import fast
-from mufasa_cli.sal.attention import gate, paper_window_sizes, visible_blocks
+from mufasa_cli.sal.attention import gate, paper_window_sizes, recency_bias, visible_blocks
 from mufasa_cli.sal.config import BRANCHES, SALConfig
 from mufasa_cli.sal.kernels import KERNEL_OPS, Inputs
 
@@ -101,6 +101,8 @@ class SALLayer(nn.Module):
         self.full = QKV(D) if cfg.attention == "full" else None
         self.phi = nn.Linear(cfg.block_size * D, D) if self.uses_blocks and cfg.phi == "linear" else None
         self.gate = nn.Linear(D, len(self.branches)) if self.branches else None
+        # beyond the paper (cfg.recency): each head's recency slope on the block scores, from 0
+        self.recency = nn.Parameter(torch.zeros(cfg.num_heads)) if cfg.recency and self.uses_blocks else None
         self.out = nn.Linear(D, D)
         self.causal = cfg.objective == "all"
         self.kernel = kernel  # chooses self.ops (kernels.py): same results, not saved
@@ -146,6 +148,13 @@ class SALLayer(nn.Module):
             fields.update(more)
         mixed, gates = gate(q, [outs[b] for b in self.branches], self.gate)
         return mixed, Explanation(gates=gates, **fields)
+
+    def block_bias(self, qpos: torch.Tensor, num_blocks: int) -> torch.Tensor | None:
+        """The recency bias (B, H, Q, nB) on the block scores of queries at qpos (B, Q), or None
+        without cfg.recency (attention.recency_bias)."""
+        if self.recency is None:
+            return None
+        return recency_bias(self.recency, qpos, num_blocks, self.cfg.block_size)
 
     def windows(self, qpos: torch.Tensor) -> torch.Tensor:
         """Each query's window W: cfg.window, or the paper's protocol when it is 0."""

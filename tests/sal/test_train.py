@@ -257,6 +257,17 @@ def test_uniform_negatives_and_learned_temperature(fused, tmp_path):
     assert 0.01 <= m["tau"] <= 1.0 and m["tau"] != pytest.approx(0.2)
 
 
+def test_recency_bias_trains_its_slopes_and_embeds(fused, tmp_path):
+    run = _copy(fused, tmp_path)
+    result = invoke("align-train", run, "--recency", "--objective", "all", "--epochs", "2")
+    assert result.exit_code == 0, result.output
+    assert artifacts.read_manifest(run / "align")["config"]["sal"]["recency"]
+    model, _ = files.load_sal(run, torch.device("cpu"))
+    slopes = model.layers[0].recency
+    assert slopes.shape == (model.layers[0].cfg.num_heads,) and slopes.abs().sum() > 0  # learned from 0
+    assert invoke("embed", run).exit_code == 0
+
+
 def test_stacked_layers_with_full_softmax_and_finetuned_mfl_train_and_embed(fused, tmp_path):
     run = _copy(fused, tmp_path)
     flags = ("--objective", "all", "--layers", "2", "--full-softmax", "--finetune-mfl", "--item-ids", "--epochs", "2")
