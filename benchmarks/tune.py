@@ -69,6 +69,7 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("stride", [0, 50]),
         ("learn_tau", [False, True]),  # the softmax temperature trained with the model
         ("mfl_weight", [0.5, 0.2]),  # the MFL's own losses, kept while it is fine-tuned
+        ("sal.recency", [False, True]),  # a learned recency bias on the block scores
     ],
     "sasrec": [
         ("num_layers", [1, 2, 3, 4]),
@@ -84,7 +85,8 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("num_layers", [1, 2]),  # two blocks again, at the width and heads chosen since
         ("d_model", [128, 256]),  # wider again, as 64 -> 128 was chosen
         ("dropout", [0.5, 0.3]),  # at the width and heads chosen since
-        # so that SASRec has as many configurations to try as MUFASA (20)
+        ("train.weight_decay", [0.0, 0.01]),  # a lighter one than 0.1
+        # so that SASRec has as many configurations to try as MUFASA (21)
     ],
     "dssm": [
         ("train.lr", [1e-3, 3e-3]),
