@@ -515,8 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     (opts.run / "tuning" / "recipe.yaml").write_text(yaml.safe_dump(tuned, sort_keys=False))
     command = " ".join(["python", "benchmarks/tune.py", *argv])
     text = (
-        markdown(results, opts, command)
-        + f"\nTraining time of the trials: {training_seconds(results):.0f} s"
+        markdown(results, opts, command) + f"\nTraining time of the trials: {training_seconds(results):.0f} s"
         f" (one thread each); this call: {time.perf_counter() - started:.0f} s on {os.cpu_count()} cores"
         " (trials finished by an earlier call are reused).\n"
     )

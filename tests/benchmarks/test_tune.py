@@ -43,7 +43,9 @@ def test_tune_gives_each_model_the_budget_and_writes_records_and_recipe(tmp_path
     assert "benchmarks/tune.py synthetic" in table and "## mufasa" in table and "## sasrec" in table
     # a second call reads the finished trials instead of training them again; with --confirm it
     # then trains the 2 best of each model with seed 1 and chooses by the mean over both seeds
-    again = subprocess.run([*args, "--confirm", "2", "--confirm-seeds", "1"], capture_output=True, text=True, cwd=SCRIPT.parents[1])
+    again = subprocess.run(
+        [*args, "--confirm", "2", "--confirm-seeds", "1"], capture_output=True, text=True, cwd=SCRIPT.parents[1]
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     confirmed = json.loads((run / "tuning" / "mufasa.json").read_text())
     searched = ("trial", "config", "valid", "best_epoch", "epochs_run")
@@ -63,7 +65,11 @@ def test_tune_gives_each_model_the_budget_and_writes_records_and_recipe(tmp_path
         assert record["best_config"] == record["trials"][record["best"]]["config"]
     assert yaml.safe_load((run / "tuning" / "recipe.yaml").read_text())["align"] == confirmed["best_config"]
     table = sorted(res.glob("*-tune-synthetic.md"))[-1].read_text()
-    assert "--confirm 2" in table and "Confirmation, valid NDCG@10 per seed" in table and "| seed 0 | seed 1 | mean |" in table
+    assert (
+        "--confirm 2" in table
+        and "Confirmation, valid NDCG@10 per seed" in table
+        and "| seed 0 | seed 1 | mean |" in table
+    )
 
 
 def test_confirm_seeds_are_checked():

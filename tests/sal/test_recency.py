@@ -40,8 +40,15 @@ def test_equal_scores_are_weighted_by_the_recency_alone():
 def _model(objective, selection="query", recency=True, phi="linear"):
     torch.manual_seed(0)
     cfg = SALConfig(
-        d_model=D, num_heads=H, max_len=64, objective=objective, selection=selection, block_size=b,
-        num_selected=2, recency=recency, phi=phi,
+        d_model=D,
+        num_heads=H,
+        max_len=64,
+        objective=objective,
+        selection=selection,
+        block_size=b,
+        num_selected=2,
+        recency=recency,
+        phi=phi,
     )
     return SALEncoder(Z, cfg).to(torch.float64)
 
