@@ -69,7 +69,7 @@ SPACE: dict[str, list[tuple[str, list]]] = {
         ("stride", [0, 50]),
         ("learn_tau", [False, True]),  # the softmax temperature trained with the model
         ("mfl_weight", [0.5, 0.2]),  # the MFL's own losses, kept while it is fine-tuned
-        ("sal.recency", [False, True]),  # a learned recency bias on the block scores
+        ("sal.recency", [False, True]),  # learned recency biases on the window and block scores
     ],
     "sasrec": [
         ("num_layers", [1, 2, 3, 4]),

@@ -460,8 +460,8 @@ def align_train(
         bool | None,
         typer.Option(
             "--recency/--no-recency",
-            help="Beyond the paper: a learned recency bias per head on the block scores (ALiBi-style, starting "
-            "at 0, the paper's scores); it also steers which blocks are selected.",
+            help="Beyond the paper: learned recency biases per head on the window and block scores (ALiBi-style, "
+            "starting at 0, the paper's scores); the block bias also steers which blocks are selected.",
         ),
     ] = None,
     finetune_mfl: Annotated[

@@ -88,11 +88,26 @@ def window_positions(qpos: torch.Tensor, windows: torch.Tensor) -> tuple[torch.T
 
 
 def window_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, qpos: torch.Tensor, windows: torch.Tensor, num_heads: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    qpos: torch.Tensor,
+    windows: torch.Tensor,
+    num_heads: int,
+    slope: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eqs. 6-7: attention over the last W items up to each query. k, v: (B, L, D)."""
+    """Eqs. 6-7: attention over the last W items up to each query. k, v: (B, L, D); slope
+    (H,): a recency bias -slope_e * (qpos - key position) on head e's scores, or None."""
     pos, valid = window_positions(qpos, windows)
-    return attend(q, gather_items(k, pos), gather_items(v, pos), valid, num_heads)
+    return attend(q, gather_items(k, pos), gather_items(v, pos), valid, num_heads, window_bias(slope, qpos, pos))
+
+
+def window_bias(slope: torch.Tensor | None, qpos: torch.Tensor, pos: torch.Tensor) -> torch.Tensor | None:
+    """The recency bias of cfg.recency (beyond the paper) on the window scores: -slope_e *
+    (qpos - pos) for head e. slope (H,) or None, qpos (B, Q), pos (B, Q, W) -> (B, H, Q, W) or None."""
+    if slope is None:
+        return None
+    return -slope[:, None, None] * (qpos[..., None] - pos)[:, None].to(slope.dtype)
 
 
 def block_vectors(

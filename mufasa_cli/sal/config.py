@@ -45,9 +45,10 @@ class SALConfig:
     # 1 = the paper's single layer, u = Out(gate mix) + h_query
     layers: int = 1
     ffn_mult: int = 4
-    # beyond the paper: a learned recency bias on the block scores (eq. 9), ALiBi-style: head e
-    # adds -s_e * (the query's block - j) to block j's score, s_e learned from 0 (the paper's
-    # scores); it also steers which blocks eq. 10 selects. The flex kernel runs it the fast way
+    # beyond the paper: learned recency biases, ALiBi-style, on the window scores (eqs. 6-7: head
+    # e adds -s_e * (query position - key position)) and on the block scores (eq. 9: -s'_e * (the
+    # query's block - j)), the slopes learned from 0 (the paper's scores); the block bias also
+    # steers which blocks eq. 10 selects. The flex kernel runs it the fast way
     recency: bool = False
 
     def __post_init__(self) -> None:

@@ -71,7 +71,12 @@ def attend_shared(
 
 
 def attend_per_query(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, num_heads: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    num_heads: int,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`attention.attend` with keys per query: q (B, Q, D), k, v (B, Q, S, D), mask (B, Q, S).
     Returns (out (B, Q, D), weights averaged over heads (B, Q, S))."""
@@ -86,6 +91,8 @@ def attend_per_query(
     eye = torch.eye(H, dtype=q.dtype, device=q.device).view(1, H, H, 1)
     q_blocks = ((q / math.sqrt(dh)).reshape(n, H, 1, dh) * eye).view(n, H, D)
     scores = torch.bmm(q_blocks, k.reshape(n, S, D).transpose(1, 2))  # (n, H, S)
+    if bias is not None:  # (B, H, Q, S)
+        scores = scores + bias.transpose(1, 2).reshape(n, H, S)
     weights = masked_softmax(scores, mask.reshape(n, 1, S))
     full = torch.bmm(weights, v.reshape(n, S, D)).view(n, H, H, dh)  # [., h, h'] = head h's weights on head h''s values
     out = torch.diagonal(full, dim1=1, dim2=2).transpose(1, 2)  # (n, H, dh)
@@ -110,12 +117,18 @@ def merge_heads(x: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def band_window_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, windows: torch.Tensor, num_heads: int
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    windows: torch.Tensor,
+    num_heads: int,
+    slope: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The window branch (eqs. 6-7) for dense causal queries: query p attends to the items
     p - W_p + 1 .. p. Queries in chunks of c = W_max attend to their chunk and the previous
     one (2c keys) through one batched matmul, masked to each query's W; the chunks go in
-    slices (`_BandWindow`). q, k, v: (B, L, D), windows (B, L) -> (B, L, D)."""
+    slices (`_BandWindow`). q, k, v: (B, L, D), windows (B, L) -> (B, L, D); slope (H,): the
+    recency bias of cfg.recency (`attention.window_bias`, with its gradient), or None."""
     B, L, D = q.shape
     H, dh = num_heads, D // num_heads
     c = max(int(windows.max()), 1)
@@ -123,7 +136,7 @@ def band_window_attention(
     # chunk -1 (left of position 0) and the tail padding: zero rows, masked out
     padded = lambda x: F.pad(heads(x, H), (0, 0, c, nC * c - L))  # noqa: E731  (B, H, (nC + 1) * c, dh)
     w = F.pad(windows, (0, nC * c - L)).view(B, 1, nC, c, 1)  # padded queries: window 0, no key
-    out = _BandWindow.apply(padded(q / math.sqrt(dh)), padded(k), padded(v), w, c)  # (B, H, (nC + 1) * c, dh)
+    out = _BandWindow.apply(padded(q / math.sqrt(dh)), padded(k), padded(v), w, c, slope)  # (B, H, (nC + 1) * c, dh)
     return merge_heads(out[:, :, c:], L)
 
 
@@ -143,7 +156,7 @@ class _BandWindow(torch.autograd.Function):
         return [(s, min(s + step, nC)) for s in range(0, nC, step)]
 
     @staticmethod
-    def _weights(qp, kp, vp, w, c, s, e):
+    def _weights(qp, kp, vp, w, c, s, e, slope=None):
         """Query chunks s..e-1: (weights (B, H, n, c, 2c), their 2c keys and values (B, H, n, 2c, dh))."""
         B, H, _, dh = qp.shape
         n = e - s
@@ -155,7 +168,10 @@ class _BandWindow(torch.autograd.Function):
         distance = r + c - t  # query position - key position, (c, 2c)
         first = (torch.arange(s, e, device=qp.device) == 0)[:, None, None] & (t < c)  # keys left of position 0
         mask = (distance >= 0) & (distance < w[:, :, s:e]) & ~first  # (B, 1, n, c, 2c)
-        return masked_softmax(q @ keys.transpose(-1, -2), mask), keys, _BandWindow._chunk_pairs(vp, c, s, e)
+        scores = q @ keys.transpose(-1, -2)
+        if slope is not None:  # the recency bias -slope_e * distance
+            scores = scores - slope.view(1, H, 1, 1, 1) * distance.to(scores.dtype)
+        return masked_softmax(scores, mask), keys, _BandWindow._chunk_pairs(vp, c, s, e)
 
     @staticmethod
     def _chunk_pairs(x, c, s, e):
@@ -165,16 +181,16 @@ class _BandWindow(torch.autograd.Function):
         return torch.cat([xc[:, :, :-1], xc[:, :, 1:]], dim=3)
 
     @staticmethod
-    def forward(ctx, qp, kp, vp, w, c):
+    def forward(ctx, qp, kp, vp, w, c, slope):
         B, H, _, dh = qp.shape
         out = torch.zeros_like(qp)
         all_weights = []  # (B, H, n, c, 2c) per slice: 2c / dh times the size of q
         for s, e in _BandWindow._slices(qp, c):
-            weights, _, values = _BandWindow._weights(qp, kp, vp, w, c, s, e)
+            weights, _, values = _BandWindow._weights(qp, kp, vp, w, c, s, e, slope)
             out[:, :, (s + 1) * c : (e + 1) * c] = (weights @ values).view(B, H, -1, dh)
             all_weights.append(weights)
         ctx.save_for_backward(qp, kp, vp, out, *all_weights)
-        ctx.c = c
+        ctx.c, ctx.with_slope = c, slope is not None
         return out
 
     @staticmethod
@@ -183,6 +199,9 @@ class _BandWindow(torch.autograd.Function):
         c = ctx.c
         B, H, _, dh = qp.shape
         d_q, d_k, d_v = torch.zeros_like(qp), torch.zeros_like(kp), torch.zeros_like(vp)
+        d_slope = qp.new_zeros(H) if ctx.with_slope else None
+        r, t = torch.arange(c, device=qp.device)[:, None], torch.arange(2 * c, device=qp.device)[None, :]
+        distance = (r + c - t).to(qp.dtype)  # query position - key position, (c, 2c)
         delta = (d_out * out).sum(-1, keepdim=True)  # sum_j w_j dw_j of each row
         for (s, e), weights in zip(_BandWindow._slices(qp, c), all_weights, strict=True):
             n = e - s
@@ -191,13 +210,15 @@ class _BandWindow(torch.autograd.Function):
             g = d_out[:, :, rows].view(B, H, n, c, dh)
             d_s = (g @ values.transpose(-1, -2)).sub_(delta[:, :, rows].view(B, H, n, c, 1)).mul_(weights)
             d_q[:, :, rows] = (d_s @ keys).view(B, H, -1, dh)
+            if d_slope is not None:  # score -= slope_e * distance
+                d_slope -= (d_s * distance).sum((0, 2, 3, 4))
             q = qp[:, :, rows].view(B, H, n, c, dh)
             for grad, part in ((d_k, d_s.transpose(-1, -2) @ q), (d_v, weights.transpose(-1, -2) @ g)):
                 # keys 0..c-1 of chunk i are rows of chunk i-1, keys c..2c-1 rows of chunk i
                 chunks = grad[:, :, s * c : (e + 1) * c].view(B, H, n + 1, c, dh)
                 chunks[:, :, :-1] += part[:, :, :, :c]
                 chunks[:, :, 1:] += part[:, :, :, c:]
-        return d_q, d_k, d_v, None, None
+        return d_q, d_k, d_v, None, None, d_slope
 
 
 def select_blocks(a_block: torch.Tensor, visible: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

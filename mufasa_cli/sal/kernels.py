@@ -39,6 +39,7 @@ from mufasa_cli.sal.attention import (
     selective_attention,
     visible_blocks,
     window_attention,
+    window_bias,
     window_positions,
 )
 
@@ -82,7 +83,9 @@ class Reference:
 
     def window(self, layer: SALLayer, x: Inputs) -> tuple[torch.Tensor, Fields]:
         p, windows = layer.proj["window"], layer.windows(x.qpos)
-        out, w = window_attention(p.q(x.q), p.k(x.h), p.v(x.h), x.qpos, windows, layer.cfg.num_heads)
+        out, w = window_attention(
+            p.q(x.q), p.k(x.h), p.v(x.h), x.qpos, windows, layer.cfg.num_heads, layer.window_recency
+        )
         return out, {"window_positions": window_positions(x.qpos, windows)[0], "window_weights": w.mean(1)}
 
     def blocks(self, layer: SALLayer, x: Inputs) -> tuple[torch.Tensor, Blocks, Fields]:
@@ -122,10 +125,11 @@ class Fast(Reference):
     def window(self, layer: SALLayer, x: Inputs) -> tuple[torch.Tensor, Fields]:
         p, windows, H = layer.proj["window"], layer.windows(x.qpos), layer.cfg.num_heads
         if x.dense:
-            return fast.band_window_attention(p.q(x.q), p.k(x.h), p.v(x.h), windows, H), {}
+            return fast.band_window_attention(p.q(x.q), p.k(x.h), p.v(x.h), windows, H, layer.window_recency), {}
         pos, valid = window_positions(x.qpos, windows)
         near = gather_items(x.h, pos)  # (B, Q, W, D)
-        out, w = fast.attend_per_query(p.q(x.q), p.k(near), p.v(near), valid, H)
+        bias = window_bias(layer.window_recency, x.qpos, pos)
+        out, w = fast.attend_per_query(p.q(x.q), p.k(near), p.v(near), valid, H, bias)
         return out, {"window_weights": w, "window_positions": pos}
 
     def blocks(self, layer: SALLayer, x: Inputs) -> tuple[torch.Tensor, Blocks, Fields]:
@@ -154,7 +158,7 @@ class Fast(Reference):
             # a_block of every query, or with shared selection of each query block's first
             every = b if shared else 1
             out, weights = fast.causal_block_attention(
-                p.q(x.q), p.k(vectors), p.v(vectors), mask, b, H, every, slope=layer.recency
+                p.q(x.q), p.k(vectors), p.v(vectors), mask, b, H, every, slope=layer.block_recency
             )
             visible = visible_blocks(mask, x.qpos[:, ::every], b, layer.causal)
         else:
@@ -199,7 +203,7 @@ class Flex(Fast):
     def _masks(layer: SALLayer, x: Inputs) -> bool:
         """FlexAttention serves dense causal queries without the recency bias (cfg.recency);
         anything else goes the Fast way."""
-        return layer.causal and x.dense and layer.recency is None
+        return layer.causal and x.dense and not layer.cfg.recency
 
     def window(self, layer: SALLayer, x: Inputs) -> tuple[torch.Tensor, Fields]:
         if not self._masks(layer, x):

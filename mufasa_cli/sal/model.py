@@ -101,8 +101,10 @@ class SALLayer(nn.Module):
         self.full = QKV(D) if cfg.attention == "full" else None
         self.phi = nn.Linear(cfg.block_size * D, D) if self.uses_blocks and cfg.phi == "linear" else None
         self.gate = nn.Linear(D, len(self.branches)) if self.branches else None
-        # beyond the paper (cfg.recency): each head's recency slope on the block scores, from 0
-        self.recency = nn.Parameter(torch.zeros(cfg.num_heads)) if cfg.recency and self.uses_blocks else None
+        # beyond the paper (cfg.recency): each head's recency slope on the window and block scores, from 0
+        slopes = lambda used: nn.Parameter(torch.zeros(cfg.num_heads)) if cfg.recency and used else None  # noqa: E731
+        self.window_recency = slopes("window" in self.branches)
+        self.block_recency = slopes(self.uses_blocks)
         self.out = nn.Linear(D, D)
         self.causal = cfg.objective == "all"
         self.kernel = kernel  # chooses self.ops (kernels.py): same results, not saved
@@ -152,9 +154,9 @@ class SALLayer(nn.Module):
     def block_bias(self, qpos: torch.Tensor, num_blocks: int) -> torch.Tensor | None:
         """The recency bias (B, H, Q, nB) on the block scores of queries at qpos (B, Q), or None
         without cfg.recency (attention.recency_bias)."""
-        if self.recency is None:
+        if self.block_recency is None:
             return None
-        return recency_bias(self.recency, qpos, num_blocks, self.cfg.block_size)
+        return recency_bias(self.block_recency, qpos, num_blocks, self.cfg.block_size)
 
     def windows(self, qpos: torch.Tensor) -> torch.Tensor:
         """Each query's window W: cfg.window, or the paper's protocol when it is 0."""

@@ -1,6 +1,7 @@
-"""The recency bias on the block scores (cfg.recency, beyond the paper): hand-checked values,
-slope 0 is the paper's model, reference = fast = flex fallback in outputs and gradients (the
-slopes' included), and a steep slope makes eq. 10 select the most recent blocks."""
+"""The recency biases on the window and block scores (cfg.recency, beyond the paper):
+hand-checked values, slope 0 is the paper's model, reference = fast = flex fallback in outputs
+and gradients (the slopes' included), and a steep slope makes eq. 10 select the most recent
+blocks."""
 
 import math
 
@@ -37,6 +38,18 @@ def test_equal_scores_are_weighted_by_the_recency_alone():
     torch.testing.assert_close(z[0, 0], v[0, 0] / 3 + 2 * v[0, 1] / 3)
 
 
+def test_equal_window_scores_are_weighted_by_the_recency_alone():
+    """q = 0: the query at position 1 with W = 2 sees positions 0 and 1 (distances 1, 0);
+    s = ln 2 weighs them 1/3 and 2/3."""
+    q = torch.zeros(1, 1, D)
+    k, v = torch.randn(1, 2, D), torch.randn(1, 2, D)
+    slope = torch.full((H,), math.log(2))
+    z, w = A.window_attention(q, k, v, torch.tensor([[1]]), torch.tensor([[2]]), H, slope)
+    torch.testing.assert_close(w, torch.tensor([1 / 3, 2 / 3]).expand(1, H, 1, 2))
+    torch.testing.assert_close(z[0, 0], v[0, 0] / 3 + 2 * v[0, 1] / 3)
+    assert A.window_bias(None, torch.tensor([[1]]), torch.tensor([[[0, 1]]])) is None
+
+
 def _model(objective, selection="query", recency=True, phi="linear"):
     torch.manual_seed(0)
     cfg = SALConfig(
@@ -53,10 +66,11 @@ def _model(objective, selection="query", recency=True, phi="linear"):
     return SALEncoder(Z, cfg).to(torch.float64)
 
 
-def _slopes(model, values):
+def _slopes(model, block, window=(0.5, -0.4)):
     with torch.no_grad():
         for layer in model.layers:
-            layer.recency.copy_(torch.tensor(values, dtype=torch.float64))
+            layer.block_recency.copy_(torch.tensor(block, dtype=torch.float64))
+            layer.window_recency.copy_(torch.tensor(window, dtype=torch.float64))
 
 
 def _inputs(objective):
@@ -88,16 +102,18 @@ def test_slope_zero_is_the_model_without_recency(objective, selection):
 @pytest.mark.parametrize("phi", ["linear", "mean"])
 @pytest.mark.parametrize(("objective", "selection"), [("last", "query"), ("all", "query"), ("all", "query_block")])
 def test_fast_equals_reference_with_recency_including_the_slopes_gradient(objective, selection, phi):
-    """Objective all: the chunked causal block attention; last: the query-side one (phi
-    linear) or attend_shared (phi mean); query_block: the leaders rank with the bias too."""
+    """Objective all: the banded window and the chunked causal block attention; last: the
+    gathered window and the query-side block attention (phi linear) or attend_shared (phi
+    mean); query_block: the leaders rank with the bias too."""
     model = _model(objective, selection, phi=phi)
     _slopes(model, [0.3, -0.2])
     z, lengths, qpos = _inputs(objective)
     u_ref, g_ref, ex_ref = _run(model, "reference", z, lengths, qpos)
     u_fast, g_fast, ex_fast = _run(model, "fast", z, lengths, qpos)
     torch.testing.assert_close(u_fast, u_ref, rtol=1e-10, atol=1e-12)
-    assert "layers.0.recency" in g_ref and g_ref.keys() == g_fast.keys()
-    assert g_ref["layers.0.recency"].abs().sum() > 0
+    assert g_ref.keys() == g_fast.keys()
+    for slopes in ("layers.0.block_recency", "layers.0.window_recency"):
+        assert g_ref[slopes].abs().sum() > 0
     for name in g_ref:
         torch.testing.assert_close(g_fast[name], g_ref[name], rtol=1e-9, atol=1e-11, msg=name)
     valid = ex_ref.selected_valid
@@ -116,6 +132,14 @@ def test_flex_kernel_runs_a_recency_layer_the_fast_way():
         torch.testing.assert_close(g_flex[name], g_fast[name], msg=name)
 
 
+def test_banded_window_attention_with_a_slope_passes_gradcheck():
+    g = torch.Generator().manual_seed(4)
+    x = [torch.randn(2, 11, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    slope = torch.tensor([0.4, -0.3], dtype=torch.float64, requires_grad=True)
+    windows = torch.randint(1, 5, (2, 11), generator=g)
+    assert torch.autograd.gradcheck(lambda q, k, v, s: fast.band_window_attention(q, k, v, windows, H, s), (*x, slope))
+
+
 def test_chunked_block_attention_with_a_slope_passes_gradcheck():
     g = torch.Generator().manual_seed(3)
     L, nB = 11, 3
@@ -132,7 +156,7 @@ def test_chunked_block_attention_with_a_slope_passes_gradcheck():
 @pytest.mark.parametrize(("objective", "kernel"), [("last", "reference"), ("last", "fast"), ("all", "fast")])
 def test_a_steep_slope_selects_the_most_recent_visible_blocks(objective, kernel):
     model = _model(objective)
-    _slopes(model, [50.0, 50.0])
+    _slopes(model, [50.0, 50.0], [0.0, 0.0])
     model.kernel = kernel
     lengths = torch.tensor([37, 21])
     z = torch.randn(2, 37, Z, generator=torch.Generator().manual_seed(6), dtype=torch.float64)

@@ -263,8 +263,8 @@ def test_recency_bias_trains_its_slopes_and_embeds(fused, tmp_path):
     assert result.exit_code == 0, result.output
     assert artifacts.read_manifest(run / "align")["config"]["sal"]["recency"]
     model, _ = files.load_sal(run, torch.device("cpu"))
-    slopes = model.layers[0].recency
-    assert slopes.shape == (model.layers[0].cfg.num_heads,) and slopes.abs().sum() > 0  # learned from 0
+    for slopes in (model.layers[0].window_recency, model.layers[0].block_recency):
+        assert slopes.shape == (model.layers[0].cfg.num_heads,) and slopes.abs().sum() > 0  # learned from 0
     assert invoke("embed", run).exit_code == 0
 
 
