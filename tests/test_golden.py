@@ -11,4 +11,7 @@ def test_a_tiny_run_gives_the_recorded_outputs(tmp_path):
     got = tiny_outputs(tmp_path)
     assert sorted(got) == sorted(want.files)
     for name in want.files:
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+        # float32 kernels sum in a CPU-dependent order: the same code on another machine moved
+        # 2 of fuse.z's 15,360 values by 1.8e-6 (2.8e-5 relative); a change of behaviour moves
+        # far more
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
