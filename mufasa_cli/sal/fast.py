@@ -78,8 +78,8 @@ def attend_per_query(
     num_heads: int,
     bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`attention.attend` with keys per query: q (B, Q, D), k, v (B, Q, S, D), mask (B, Q, S).
-    Returns (out (B, Q, D), weights averaged over heads (B, Q, S))."""
+    """`attention.attend` with keys per query: q (B, Q, D), k, v (B, Q, S, D), mask (B, Q, S),
+    bias (B, H, Q, S) or None. Returns (out (B, Q, D), weights averaged over heads (B, Q, S))."""
     B, Q, S, D = k.shape
     H, dh, n = num_heads, D // num_heads, B * Q
     # Two batched matmuls over the n = B * Q queries, on k and v as they are (n, S, D): q goes
