@@ -316,6 +316,12 @@ def explanation(ex: Mapping, max_blocks: int = 10) -> None:
             "gates: " + "  ".join(f"{name} {value:.3f}" for name, value in ex["gates"].items()),
             highlight=False,
         )
+    if "recency" in ex:  # the learned slopes of the recency biases, per head (first layer)
+        out.print(
+            "recency slopes per head (score lost per position or block back): "
+            + "  ".join(f"{name} {' '.join(f'{s:.3f}' for s in slopes)}" for name, slopes in ex["recency"].items()),
+            highlight=False,
+        )
     if not ex["branches"]:
         out.print(f"({ex['attention']} attention has no sparse branches to show)", highlight=False)
     if ex.get("blocks"):

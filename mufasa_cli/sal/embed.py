@@ -225,6 +225,10 @@ def explain(run_dir: Path, user: str, *, device: torch.device, top: int = 5, ker
     }
     if ex.gates is not None:
         out["gates"] = dict(zip(model.branches, ex.gates[0, 0].tolist(), strict=True))
+    layer = model.layers[0]
+    slopes = {"window": layer.window_recency, "block": layer.block_recency}  # cfg.recency
+    if any(s is not None for s in slopes.values()):
+        out["recency"] = {name: s.tolist() for name, s in slopes.items() if s is not None}
     if ex.window_weights is not None:
         pos, w = ex.window_positions[0, 0].tolist(), ex.window_weights[0, 0].tolist()
         out["window"] = [item_row(p, wt) for p, wt in zip(pos, w, strict=True) if p >= 0 and wt > 0]

@@ -266,6 +266,11 @@ def test_recency_bias_trains_its_slopes_and_embeds(fused, tmp_path):
     for slopes in (model.layers[0].window_recency, model.layers[0].block_recency):
         assert slopes.shape == (model.layers[0].cfg.num_heads,) and slopes.abs().sum() > 0  # learned from 0
     assert invoke("embed", run).exit_code == 0
+    shown = invoke("embed", run, "--explain", "0")
+    assert shown.exit_code == 0 and "recency slopes per head" in shown.stdout
+    ex = embed.explain(run, "0", device=torch.device("cpu"))
+    assert ex["recency"]["window"] == pytest.approx(model.layers[0].window_recency.tolist())
+    assert ex["recency"]["block"] == pytest.approx(model.layers[0].block_recency.tolist())
 
 
 def test_stacked_layers_with_full_softmax_and_finetuned_mfl_train_and_embed(fused, tmp_path):
