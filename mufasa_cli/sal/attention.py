@@ -152,12 +152,17 @@ def visible_blocks(block_mask: torch.Tensor, qpos: torch.Tensor, block_size: int
     return block_mask[:, None, :] & (edge <= qpos[..., None])
 
 
+def block_distance(qpos: torch.Tensor, num_blocks: int, block_size: int) -> torch.Tensor:
+    """How many blocks back block j is from the query's: qpos // b - j. qpos (...) -> (..., nB).
+    Blocks the query sees are at distance >= 1 (causal) or >= 0 (its own partial block,
+    objective last)."""
+    return (qpos // block_size)[..., None] - torch.arange(num_blocks, device=qpos.device)
+
+
 def recency_bias(slope: torch.Tensor, qpos: torch.Tensor, num_blocks: int, block_size: int) -> torch.Tensor:
-    """The recency bias of cfg.recency (beyond the paper): -slope_e * (qpos // b - j) for head
-    e, query position qpos and block j. slope (H,), qpos (B, Q) -> (B, H, Q, nB). Blocks the
-    query sees are at distance >= 1 (causal) or >= 0 (its own partial block, objective last)."""
-    distance = (qpos // block_size)[..., None] - torch.arange(num_blocks, device=qpos.device)  # (B, Q, nB)
-    return -slope[:, None, None] * distance[:, None].to(slope.dtype)
+    """The recency bias of cfg.recency (beyond the paper): -slope_e * block_distance for head
+    e. slope (H,), qpos (B, Q) -> (B, H, Q, nB)."""
+    return -slope[:, None, None] * block_distance(qpos, num_blocks, block_size)[:, None].to(slope.dtype)
 
 
 def block_attention(

@@ -37,6 +37,8 @@ import math
 import torch
 from torch.nn import functional as F
 
+from mufasa_cli.sal.attention import block_distance
+
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """softmax over `dim` of the keys that `mask` allows (broadcastable to scores); rows with no
@@ -163,15 +165,19 @@ class _BandWindow(torch.autograd.Function):
         q = qp[:, :, (s + 1) * c : (e + 1) * c].view(B, H, n, c, dh)
 
         keys = _BandWindow._chunk_pairs(kp, c, s, e)
-        r = torch.arange(c, device=qp.device)[:, None]
-        t = torch.arange(2 * c, device=qp.device)[None, :]
-        distance = r + c - t  # query position - key position, (c, 2c)
-        first = (torch.arange(s, e, device=qp.device) == 0)[:, None, None] & (t < c)  # keys left of position 0
+        distance = _BandWindow._distance(c, qp.device)
+        left = torch.arange(2 * c, device=qp.device) < c  # keys of the previous chunk
+        first = (torch.arange(s, e, device=qp.device) == 0)[:, None, None] & left  # keys left of position 0
         mask = (distance >= 0) & (distance < w[:, :, s:e]) & ~first  # (B, 1, n, c, 2c)
         scores = q @ keys.transpose(-1, -2)
         if slope is not None:  # the recency bias -slope_e * distance
             scores = scores - slope.view(1, H, 1, 1, 1) * distance.to(scores.dtype)
         return masked_softmax(scores, mask), keys, _BandWindow._chunk_pairs(vp, c, s, e)
+
+    @staticmethod
+    def _distance(c, device):
+        """Query position - key position (c, 2c), for a chunk's queries and its 2c keys."""
+        return torch.arange(c, device=device)[:, None] + c - torch.arange(2 * c, device=device)
 
     @staticmethod
     def _chunk_pairs(x, c, s, e):
@@ -200,8 +206,7 @@ class _BandWindow(torch.autograd.Function):
         B, H, _, dh = qp.shape
         d_q, d_k, d_v = torch.zeros_like(qp), torch.zeros_like(kp), torch.zeros_like(vp)
         d_slope = qp.new_zeros(H) if ctx.with_slope else None
-        r, t = torch.arange(c, device=qp.device)[:, None], torch.arange(2 * c, device=qp.device)[None, :]
-        distance = (r + c - t).to(qp.dtype)  # query position - key position, (c, 2c)
+        distance = _BandWindow._distance(c, qp.device).to(qp.dtype)
         delta = (d_out * out).sum(-1, keepdim=True)  # sum_j w_j dw_j of each row
         for (s, e), weights in zip(_BandWindow._slices(qp, c), all_weights, strict=True):
             n = e - s
@@ -421,20 +426,17 @@ class _ChunkedBlockAttention(torch.autograd.Function):
     slope (H,) or None: the recency bias -slope_e * (p // b - j) on the scores."""
 
     @staticmethod
-    def _distance(start, end, nb, block_size, device):
-        """(end-start, nb): the query's block minus block j, for the chunk's queries."""
-        pos = torch.arange(start, end, device=device)
-        return ((pos // block_size)[:, None] - torch.arange(nb, device=device)).float()
-
-    @staticmethod
     def _weights(qh, kh, block_mask, block_size, start, end, slope=None):
         """The chunk's weights (B, H, end-start, nb) over the nb blocks complete by its last
-        query; a row with no visible block gets weights 0. The causal mask touches only the
-        blocks that complete inside the chunk: every query of the chunk sees the ones before."""
+        query, nb, and with slope the blocks' distances (end-start, nb) from each query
+        (`attention.block_distance`; the scores got -slope_e * distance), else None. A row with
+        no visible block gets weights 0. The causal mask touches only the blocks that complete
+        inside the chunk: every query of the chunk sees the ones before."""
         nb = min(kh.shape[2], end // block_size)
         scores = qh[:, :, start:end] @ kh[:, :, :nb].transpose(-1, -2)
+        distance = None
         if slope is not None:
-            distance = _ChunkedBlockAttention._distance(start, end, nb, block_size, qh.device).to(qh.dtype)
+            distance = block_distance(torch.arange(start, end, device=qh.device), nb, block_size).to(qh.dtype)
             scores.sub_(slope[:, None, None] * distance)  # (H, 1, 1) * (end-start, nb)
         lowest = torch.finfo(qh.dtype).min
         seen_by_all = min(nb, (start + 1) // block_size)  # blocks complete at the chunk's first query
@@ -451,7 +453,7 @@ class _ChunkedBlockAttention(torch.autograd.Function):
         has_key = real_before[:, ((pos + 1) // block_size).clamp(max=nb)] > 0  # (B, end-start)
         if not bool(has_key.all()):
             weights.mul_(has_key[:, None, :, None])
-        return weights, nb
+        return weights, nb, distance
 
     @staticmethod
     def forward(ctx, qh, kh, vh, block_mask, block_size, chunk, every, slope):
@@ -461,7 +463,7 @@ class _ChunkedBlockAttention(torch.autograd.Function):
         a_block = []
         for start in range(0, L, chunk):
             end = min(start + chunk, L)
-            w, nb = _ChunkedBlockAttention._weights(qh, kh, block_mask, block_size, start, end, slope)
+            w, nb, _ = _ChunkedBlockAttention._weights(qh, kh, block_mask, block_size, start, end, slope)
             torch.matmul(w, vh[:, :, :nb], out=out[:, :, start:end])
             a_block.append(F.pad(w[:, :, ::every].mean(1), (0, nB - nb)))
         ctx.save_for_backward(qh, kh, vh, block_mask, out, slope)
@@ -480,13 +482,12 @@ class _ChunkedBlockAttention(torch.autograd.Function):
         delta = (d_out * out).sum(-1, keepdim=True)  # (B, H, L, 1): sum_j w_j dw_j of each row
         for start in range(0, L, ctx.chunk):
             end = min(start + ctx.chunk, L)
-            w, nb = _ChunkedBlockAttention._weights(qh, kh, block_mask, ctx.block_size, start, end, slope)
+            w, nb, distance = _ChunkedBlockAttention._weights(qh, kh, block_mask, ctx.block_size, start, end, slope)
             g = d_out[:, :, start:end]
             d_v[:, :, :nb] += w.transpose(-1, -2) @ g
             d_s = (g @ vh[:, :, :nb].transpose(-1, -2)).sub_(delta[:, :, start:end]).mul_(w)  # softmax backward
             torch.matmul(d_s, kh[:, :, :nb], out=d_q[:, :, start:end])
             d_k[:, :, :nb] += d_s.transpose(-1, -2) @ qh[:, :, start:end]
             if d_slope is not None:  # score -= slope_e * distance: d slope_e = -sum d_s * distance
-                distance = _ChunkedBlockAttention._distance(start, end, nb, ctx.block_size, qh.device)
-                d_slope -= (d_s.sum(0) * distance.to(d_s.dtype)).sum((-2, -1))
+                d_slope -= (d_s.sum(0) * distance).sum((-2, -1))
         return d_q, d_k, d_v, None, None, None, None, d_slope
