@@ -73,11 +73,52 @@ def sampled_softmax_loss(
     return (top + total.log() - positive).mean()
 
 
-def full_softmax_loss(u: torch.Tensor, e_all: torch.Tensor, targets: torch.Tensor, tau: float | torch.Tensor):
+# Logits held at once by the chunked exact softmax: 2^24 floats (64 MB in float32).
+LOGIT_BUDGET = 1 << 24
+
+
+def full_softmax_loss(
+    u: torch.Tensor, e_all: torch.Tensor, targets: torch.Tensor, tau: float | torch.Tensor, budget: int = LOGIT_BUDGET
+):
     """Exact softmax over the catalogue (beyond the paper; SASRec's cross-entropy): every item
-    a column, so nothing is sampled and nothing corrected. u: (R, D); e_all: (N, D); targets: (R,)."""
+    a column, so nothing is sampled and nothing corrected. u: (R, D); e_all: (N, D); targets: (R,).
+    When the (R, N) logits exceed `budget` floats, rows go through in chunks that fit it and
+    the backward pass recomputes each chunk's logits (ChunkedCrossEntropy): the same loss and
+    gradients, memory bounded by the budget instead of growing with R x N."""
     assert u.shape[1] == e_all.shape[1] and targets.shape == u.shape[:1], (u.shape, e_all.shape, targets.shape)
-    return F.cross_entropy(u @ e_all.T / tau, targets)
+    if u.shape[0] * e_all.shape[0] <= budget:
+        return F.cross_entropy(u @ e_all.T / tau, targets)
+    rows = max(1, budget // e_all.shape[0])
+    return ChunkedCrossEntropy.apply(u / tau, e_all, targets, rows)
+
+
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """mean_r [logsumexp_j (u_r . e_j) - u_r . e_{t_r}], `rows` rows of logits at a time.
+    Forward keeps only each row's log-sum-exp; backward recomputes the chunk's softmax p and
+    uses (p - onehot(t)) / R for both gradients: du = g e, de = g^T u."""
+
+    @staticmethod
+    def forward(ctx, u: torch.Tensor, e_all: torch.Tensor, targets: torch.Tensor, rows: int):
+        lse = torch.cat([torch.logsumexp(part @ e_all.T, 1) for part in u.split(rows)])
+        positive = (u * e_all[targets]).sum(1)
+        ctx.save_for_backward(u, e_all, targets, lse)
+        ctx.rows = rows
+        return (lse - positive).mean()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        u, e_all, targets, lse = ctx.saved_tensors
+        scale = grad / u.shape[0]
+        du = torch.empty_like(u)
+        de = torch.zeros_like(e_all)
+        for start in range(0, u.shape[0], ctx.rows):
+            part = slice(start, start + ctx.rows)
+            g = (u[part] @ e_all.T - lse[part, None]).exp_()  # the chunk's softmax
+            g[torch.arange(g.shape[0], device=g.device), targets[part]] -= 1.0
+            g.mul_(scale)
+            du[part] = g @ e_all
+            de.addmm_(g.T, u[part])
+        return du, de, None, None
 
 
 def item_log_q(train_items: torch.Tensor, num_items: int) -> torch.Tensor:

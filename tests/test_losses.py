@@ -2,8 +2,9 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 
-from mufasa_cli.losses import Negatives, full_softmax_loss, in_batch, item_log_q, sampled_softmax_loss, uniform
+from mufasa_cli.losses import ChunkedCrossEntropy, Negatives, full_softmax_loss, in_batch, item_log_q, sampled_softmax_loss, uniform
 
 
 def _in_batch_loss(u, e, targets, log_p, tau):
@@ -121,3 +122,28 @@ def test_full_softmax_by_hand_on_2_users_and_3_items():
     row0 = -2 + math.log(math.exp(2) + 1 + 1)
     row1 = -1 + math.log(1 + math.exp(2) + math.exp(1))
     assert full_softmax_loss(u, e, targets, 0.5).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    # rows one at a time (budget of 3 logits = one row of 3 items): the same number
+    assert full_softmax_loss(u, e, targets, 0.5, budget=3).item() == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+@pytest.mark.parametrize("budget", [1, 7 * 11, 7 * 11 * 4, 10**9])  # chunks of 1, 7, 28 rows; no chunking
+def test_chunked_full_softmax_matches_cross_entropy_with_gradients(budget):
+    g = torch.Generator().manual_seed(3)
+    u = torch.randn(50, 8, generator=g, requires_grad=True)
+    e = torch.randn(11, 8, generator=g, requires_grad=True)
+    log_tau = torch.tensor(-0.7, requires_grad=True)  # a learned temperature gets its gradient too
+    targets = torch.randint(0, 11, (50,), generator=g)
+    ref = F.cross_entropy(u @ e.T / log_tau.exp(), targets)
+    ref_grads = torch.autograd.grad(ref, (u, e, log_tau))
+    out = full_softmax_loss(u, e, targets, log_tau.exp(), budget=budget)
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(torch.autograd.grad(out, (u, e, log_tau)), ref_grads, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_chunked_cross_entropy_gradcheck():
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    e = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    targets = torch.tensor([0, 3, 3, 1, 2])
+    assert torch.autograd.gradcheck(lambda a, b: ChunkedCrossEntropy.apply(a, b, targets, 2), (u, e))

@@ -28,6 +28,7 @@ from mufasa_cli.baselines.common import train_baseline
 from mufasa_cli.config import SASRecConfig, restore
 from mufasa_cli.data.sequences import training_windows
 from mufasa_cli.errors import ArtifactError
+from mufasa_cli.losses import full_softmax_loss
 from mufasa_cli.metrics.ranking import history_csr, target_ranks, top10
 from mufasa_cli.runtime.loop import OnStep, seed_everything
 
@@ -164,8 +165,8 @@ def train(
             targets = targets[:, -1:]
         h = model(inputs, last_only=one_target)  # (B, L, D), or (B, 1, D)
         real = targets != pad
-        logits = h[real] @ model.item_vectors().T  # (R, N)
-        loss = F.cross_entropy(logits, targets[real])
+        # cross-entropy over the catalogue, (R, N) logits in chunks that fit the loss's budget
+        loss = full_softmax_loss(h[real], model.item_vectors(), targets[real], 1.0)
         return loss, {"ce": loss.item()}
 
     seen = () if cfg.valid_keep_seen else history_csr(valid_hist)
