@@ -13,6 +13,8 @@ from mufasa_cli.cli.app import app
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# the paper's model exactly; align-train without a recipe trains the general configuration
+PAPER = Path(__file__).resolve().parents[1] / "recipes" / "paper-faithful.yaml"
 
 
 def invoke(*args: str):

@@ -151,7 +151,27 @@ def test_the_align_config_decides_which_schedule_a_flag_changes():
     from mufasa_cli.config import AlignConfig
     from mufasa_cli.sal.config import SALConfig
 
-    last = AlignConfig().with_training(epochs=3)
+    last = AlignConfig(sal=SALConfig(objective="last")).with_training(epochs=3)
     assert last.schedule == "train" and last.train.epochs == 3 and last.train_all == AlignConfig().train_all
-    every = AlignConfig(sal=SALConfig(objective="all")).with_training(lr=0.01)
+    every = AlignConfig().with_training(lr=0.01)  # the built-in default: objective all
     assert every.schedule == "train_all" and every.train_all.lr == 0.01 and every.training() is every.train_all
+
+
+def test_the_built_in_align_default_is_the_general_configuration_and_paper_faithful_pins_the_paper():
+    from pathlib import Path
+
+    from mufasa_cli.config import AlignConfig, load_recipe
+    from mufasa_cli.sal.config import SALConfig
+
+    default = AlignConfig()
+    assert (default.sal.objective, default.sal.dropout, default.item_ids, default.full_softmax) == (
+        "all",
+        0.5,
+        True,
+        True,
+    )
+    assert SALConfig().objective == "last" and SALConfig().dropout == 0.0  # the layer alone is the paper's
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    paper = load_recipe(str(recipes / "paper-faithful.yaml")).align
+    assert (paper.sal.objective, paper.sal.dropout, paper.item_ids, paper.full_softmax) == ("last", 0.0, False, False)
+    assert (paper.finetune_mfl, paper.learn_tau, paper.uniform_negatives, paper.sal.layers) == (False, False, 0, 1)

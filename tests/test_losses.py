@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from mufasa_cli.losses import ChunkedCrossEntropy, Negatives, full_softmax_loss, in_batch, item_log_q, sampled_softmax_loss, uniform
+from mufasa_cli.losses import (
+    ChunkedCrossEntropy,
+    Negatives,
+    full_softmax_loss,
+    in_batch,
+    item_log_q,
+    sampled_softmax_loss,
+    uniform,
+)
 
 
 def _in_batch_loss(u, e, targets, log_p, tau):

@@ -20,6 +20,7 @@ fuse:
   mfl: {train: {epochs: 1}}
   cf: {train: {epochs: 2}}
 align:
+  sal: {objective: last}
   train: {epochs: 2, eval_every: 1}
 baselines:
   dssm: {train: {epochs: 2, lr: 3e-3}}
@@ -241,7 +242,8 @@ def test_eval_without_embeddings_trains_no_baseline(fused_tiny, tmp_path):
 
 def test_progress_without_a_terminal_is_one_line_per_epoch(trained, tmp_path):
     run = _copy(trained[0], tmp_path)
-    result = invoke("align-train", run, "--epochs", "3", "--force")  # CliRunner: stderr is no terminal
+    # objective last on tiny: one step an epoch; CliRunner: stderr is no terminal
+    result = invoke("align-train", run, "--recipe", trained[1], "--epochs", "3", "--force")
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stderr.splitlines() if line.startswith("sal epoch")]
     assert [line.split(":")[0].split(" softmax")[0] for line in lines] == [

@@ -424,7 +424,7 @@ def align_train(
         str | None,
         typer.Option(
             help="last: one query per user, history cut at a random point each epoch (the paper); "
-            "all: every position a causal query for the next item."
+            "all (the default without a recipe): every position a causal query for the next item."
         ),
     ] = None,
     attention: Annotated[str | None, typer.Option(help="sparse (window + block + selective), full or mean.")] = None,
@@ -454,7 +454,9 @@ def align_train(
     ] = None,
     dropout: Annotated[
         float | None,
-        typer.Option(help="Beyond the paper: dropout on the history rows while training, in [0, 1) (0 = none)."),
+        typer.Option(
+            help="Beyond the paper: dropout on the history rows while training, in [0, 1) (0 = none; 0.5 without a recipe)."
+        ),
     ] = None,
     recency: Annotated[
         bool | None,
@@ -476,7 +478,7 @@ def align_train(
         typer.Option(
             "--item-ids/--no-item-ids",
             help="Beyond the paper: add a trainable vector per item trained on (zero at the start) to its z; "
-            "cold items keep their content z.",
+            "cold items keep their content z. On without a recipe.",
         ),
     ] = None,
     id_dropout: Annotated[
@@ -494,7 +496,7 @@ def align_train(
         typer.Option(
             "--full-softmax/--sampled-softmax",
             help="Beyond the paper: every catalogue item a negative (exact softmax, SASRec's loss) instead of "
-            "in-batch (+ uniform) negatives with the logQ correction.",
+            "in-batch (+ uniform) negatives with the logQ correction. On without a recipe.",
         ),
     ] = None,
     layers: Annotated[

@@ -35,7 +35,8 @@ def test_tune_gives_each_model_the_budget_and_writes_records_and_recipe(tmp_path
             assert set(t["valid"]) == {"HR@10", "NDCG@10"} and t["epochs_run"] >= 1
     # the first axes: MUFASA's item ids, SASRec's layers
     mufasa = json.loads((run / "tuning" / "mufasa.json").read_text())
-    assert [t["config"]["item_ids"] for t in mufasa["trials"]] == [False, True]
+    # the base (built-in default: item ids on), then the axis' other value
+    assert [t["config"]["item_ids"] for t in mufasa["trials"]] == [True, False]
     tuned = yaml.safe_load((run / "tuning" / "recipe.yaml").read_text())
     assert tuned["align"] == mufasa["best_config"]
     load_recipe(str(run / "tuning" / "recipe.yaml"))  # a valid recipe

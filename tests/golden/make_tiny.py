@@ -24,7 +24,7 @@ def tiny_outputs(root: Path) -> dict[str, np.ndarray]:
     import torch
     from safetensors.numpy import load_file
 
-    from tests.conftest import invoke
+    from tests.conftest import PAPER, invoke
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -34,7 +34,7 @@ def tiny_outputs(root: Path) -> dict[str, np.ndarray]:
         for args in (
             ("prepare", "synthetic", "--preset", "tiny", "--out", run),
             ("fuse-train", run, "--epochs", "2", "--cf-epochs", "5"),
-            ("align-train", run, "--epochs", "3"),
+            ("align-train", run, "--recipe", PAPER, "--epochs", "3"),  # the paper's model
             ("embed", run),
         ):
             result = invoke(*args)
@@ -44,7 +44,19 @@ def tiny_outputs(root: Path) -> dict[str, np.ndarray]:
         out["embed.last.users"] = load_file(run / "embed" / "users.safetensors")["emb"]
         out["embed.last.items"] = load_file(run / "embed" / "items.safetensors")["emb"]
         for args in (
-            ("align-train", run, "--objective", "all", "--epochs", "2", "--item-ids", "--full-softmax", "--force"),
+            (
+                "align-train",
+                run,
+                "--objective",
+                "all",
+                "--epochs",
+                "2",
+                "--item-ids",
+                "--full-softmax",
+                "--dropout",
+                "0",
+                "--force",
+            ),
             ("embed", run, "--force"),
         ):
             result = invoke(*args)

@@ -15,7 +15,7 @@ from mufasa_cli.sal import aligner, embed, fast, files
 from mufasa_cli.sal import batches as sal_batches
 from mufasa_cli.sal.config import SALConfig
 from mufasa_cli.sal.model import SALEncoder
-from tests.conftest import folder_digest, invoke
+from tests.conftest import PAPER, folder_digest, invoke
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def fused(fused_tiny):
 def aligned(fused, tmp_path_factory):
     run = tmp_path_factory.mktemp("align") / "run"
     shutil.copytree(fused, run)
-    result = invoke("align-train", run, "--epochs", "3")
+    result = invoke("align-train", run, "--recipe", PAPER, "--epochs", "3")  # the paper's model
     assert result.exit_code == 0, result.output
     assert invoke("embed", run).exit_code == 0
     return run, result
@@ -37,6 +37,17 @@ def _copy(fused, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(fused, run)
     return run
+
+
+def test_align_train_without_a_recipe_trains_the_general_configuration(fused, tmp_path):
+    run = _copy(fused, tmp_path)
+    result = invoke("align-train", run, "--epochs", "1")
+    assert result.exit_code == 0, result.output
+    m = artifacts.verify_stage(run / "align")
+    config = m["config"]
+    assert m["objective"] == "all" and config["sal"]["objective"] == "all" and config["sal"]["dropout"] == 0.5
+    assert config["item_ids"] and config["full_softmax"] and (run / "align/item_ids.safetensors").is_file()
+    assert invoke("embed", run).exit_code == 0
 
 
 def test_align_train_writes_weights_and_validation_metrics(aligned):
@@ -134,8 +145,8 @@ def test_finetune_mfl_trains_z_and_embed_reads_the_new_z(fused, tmp_path):
     items = artifacts.load_tensors(run / "embed/items.safetensors", {})["emb"]
     with torch.no_grad():
         np.testing.assert_allclose(items, model.items(torch.as_tensor(new)).numpy(), rtol=1e-5, atol=1e-6)
-    # a later frozen run starts again from fuse/'s z and drops the finetuned one
-    assert invoke("align-train", run, "--epochs", "1", "--force").exit_code == 0
+    # a later frozen run (without id vectors) starts again from fuse/'s z and drops the finetuned one
+    assert invoke("align-train", run, "--epochs", "1", "--no-item-ids", "--force").exit_code == 0
     assert not (run / "align/fused.safetensors").exists()
 
 
@@ -238,7 +249,7 @@ def test_grouped_encoding_gives_the_loss_and_gradients_of_one_padded_call(object
 
 def test_id_dropout_needs_item_ids_and_a_share_below_one(fused, tmp_path):
     run = _copy(fused, tmp_path)
-    bad = invoke("align-train", run, "--id-dropout", "0.5")
+    bad = invoke("align-train", run, "--no-item-ids", "--id-dropout", "0.5")
     assert bad.exit_code == 2 and "id_dropout 0.5 needs item_ids" in bad.stderr
     bad = invoke("align-train", run, "--item-ids", "--id-dropout", "1")
     assert bad.exit_code == 2 and "id_dropout 1.0: must be in [0, 1)" in bad.stderr
@@ -289,7 +300,7 @@ def test_stacked_layers_with_full_softmax_and_finetuned_mfl_train_and_embed(fuse
 
 def test_resume_replays_an_interrupted_run_exactly(fused, tmp_path, monkeypatch):
     whole = _copy(fused, tmp_path / "whole")
-    assert invoke("align-train", whole, "--epochs", "4").exit_code == 0
+    assert invoke("align-train", whole, "--recipe", PAPER, "--epochs", "4").exit_code == 0
     run = _copy(fused, tmp_path / "cut")
     real, calls = loss.sampled_softmax_loss, []
 
@@ -300,10 +311,10 @@ def test_resume_replays_an_interrupted_run_exactly(fused, tmp_path, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(aligner, "sampled_softmax_loss", crash_on_third_step)
-    assert invoke("align-train", run, "--epochs", "4").exit_code == 1
+    assert invoke("align-train", run, "--recipe", PAPER, "--epochs", "4").exit_code == 1
     assert (run / ".align.ckpt/sal.pt").is_file() and not (run / "align").exists()
     monkeypatch.setattr(aligner, "sampled_softmax_loss", real)
-    result = invoke("align-train", run, "--epochs", "4", "--resume")
+    result = invoke("align-train", run, "--recipe", PAPER, "--epochs", "4", "--resume")
     assert result.exit_code == 0, result.output
     a = artifacts.load_tensors(whole / "align/sal.safetensors", {})
     b = artifacts.load_tensors(run / "align/sal.safetensors", {})
@@ -391,7 +402,7 @@ def test_bad_flags(aligned):
     assert result.exit_code == 2 and "--kernel 'triton'" in result.stderr
     result = invoke("align-train", run, "--force", "--kernel", "flex", "--device", "cpu")
     assert result.exit_code == 2 and "--kernel flex trains on CUDA only" in result.stderr
-    result = invoke("align-train", run, "--force", "--selection", "query_block")
+    result = invoke("align-train", run, "--force", "--objective", "last", "--selection", "query_block")
     assert result.exit_code == 2 and "query_block needs --objective all" in result.stderr
     assert artifacts.verify_stage(run / "align")  # the trained model survives the refusals
     result = invoke("embed", run / "nope")
@@ -474,7 +485,7 @@ def test_stride_needs_objective_all_and_fits_max_len():
     from mufasa_cli.errors import RecipeError
 
     with pytest.raises(RecipeError, match="stride 5 needs --objective all"):
-        AlignConfig(stride=5)
+        AlignConfig(sal=SALConfig(objective="last"), stride=5)
     with pytest.raises(RecipeError, match="stride 80: must be in"):
         AlignConfig(sal=SALConfig(objective="all", max_len=50), stride=80)
     assert AlignConfig(sal=SALConfig(objective="all", max_len=50), stride=50).stride == 50
