@@ -160,7 +160,7 @@ def test_the_align_config_decides_which_schedule_a_flag_changes():
 def test_the_built_in_align_default_is_the_general_configuration_and_paper_faithful_pins_the_paper():
     from pathlib import Path
 
-    from mufasa_cli.config import AlignConfig, load_recipe
+    from mufasa_cli.config import AlignConfig, Recipe, load_recipe
     from mufasa_cli.sal.config import SALConfig
 
     default = AlignConfig()
@@ -172,6 +172,7 @@ def test_the_built_in_align_default_is_the_general_configuration_and_paper_faith
     )
     assert SALConfig().objective == "last" and SALConfig().dropout == 0.0  # the layer alone is the paper's
     recipes = Path(__file__).resolve().parents[1] / "recipes"
+    assert load_recipe(str(recipes / "defaults.yaml")) == Recipe()  # the defaults, as a file to pass around
     paper = load_recipe(str(recipes / "paper-faithful.yaml")).align
     assert (paper.sal.objective, paper.sal.dropout, paper.item_ids, paper.full_softmax) == ("last", 0.0, False, False)
     assert (paper.finetune_mfl, paper.learn_tau, paper.uniform_negatives, paper.sal.layers) == (False, False, 0, 1)

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_paper_sh_prints_every_table_on_tiny_synthetic(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
-        "fuse:\n  cf: {train: {epochs: 2}}\n  mfl: {train: {epochs: 1}}\nalign:\n  train: {epochs: 1}\n"
+        "fuse:\n  cf: {train: {epochs: 2}}\n  mfl: {train: {epochs: 1}}\nalign:\n  train: {epochs: 1}\n  train_all: {epochs: 1}\n"
         "baselines:\n  sasrec: {max_len: 10, train: {epochs: 1}}\n  dssm: {train: {epochs: 1}}\n"
         "  youtube: {max_len: 10, train: {epochs: 1}}\n  mmgcn: {train: {epochs: 1}}\n"
     )
