@@ -340,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         stem += "-vs-" + "-".join(_names(opts.compare))
     (out / f"{stem}.md").write_text(text)
     opts.results.mkdir(parents=True, exist_ok=True)
-    (opts.results / f"{summary['date']}-{stem}-{opts.dataset}.md").write_text(text)
+    # another recipe than the dataset's: its own dated file, beside the recipe's
+    named = "" if opts.recipe == (ROOT / "recipes" / DATASETS[opts.dataset][1]).resolve() else f"-{opts.recipe.stem}"
+    (opts.results / f"{summary['date']}-{stem}-{opts.dataset}{named}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     print(text, end="")
     print(f"wrote {out / stem}.md and {out / stem}.json ({summary['wall_s']:.0f} s)")

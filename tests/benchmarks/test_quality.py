@@ -69,7 +69,7 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
     recipe = tmp_path / "r.yaml"
     recipe.write_text(
         "fuse:\n  cf: {train: {epochs: 2}}\n  mfl: {train: {epochs: 1}}\nalign:\n  train: {epochs: 1}\n"
-        "baselines:\n  sasrec: {max_len: 10, train: {epochs: 1}}\n"
+        "  train_all: {epochs: 1}\nbaselines:\n  sasrec: {max_len: 10, train: {epochs: 1}}\n"
     )
     out = tmp_path / "q"
     args = [sys.executable, str(SCRIPT), "synthetic", "--preset", "tiny", "--seeds", "0,1", "--recipe", str(recipe)]
@@ -79,7 +79,8 @@ def test_quality_benchmark_on_tiny_synthetic_writes_the_table_and_reuses_finishe
     assert first.returncode == 0, first.stderr[-2000:]
     table = (out / "quality-vs-sasrec-lightgcn.md").read_text()
     assert table in first.stdout
-    dated = list((tmp_path / "res").glob("*-quality-vs-sasrec-lightgcn-synthetic.md"))
+    # another recipe than recipes/synthetic.yaml: the file names it (r.yaml -> -r)
+    dated = list((tmp_path / "res").glob("*-quality-vs-sasrec-lightgcn-synthetic-r.md"))
     assert len(dated) == 1 and dated[0].read_text() == table
     assert "benchmarks/quality.py synthetic" in table and "Recipe: " in table
     for label in ("| MUFASA-", "| SASRec-", "| LightGCN-"):
