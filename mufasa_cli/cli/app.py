@@ -520,7 +520,8 @@ def align_train(
         int | None,
         typer.Option(
             help="Beyond the paper, with --objective all: train on windows of max_len + 1 items ending every S "
-            "items of each history, as SASRec does (each target once); 0 = each history's most recent window only."
+            "items of each history, as SASRec does (each target once); 0 = each history's most recent window only; "
+            "above max_len counts as max_len; 100 without a recipe."
         ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (upper bound; early stopping on valid NDCG@10).")] = None,

@@ -79,7 +79,7 @@ def run_align(
     model = Aligner(SALEncoder(z_np.shape[1], cfg.sal, kernel), cfg, z, log_p, fusion, mb, ids_for).to(device)
     train_cfg = cfg.training()
     if cfg.sal.objective == "all":
-        batches = all_batches(data, train_cfg.batch_size, cfg.sal.max_len, device, cfg.length_pool, cfg.stride)
+        batches = all_batches(data, train_cfg.batch_size, cfg.sal.max_len, device, cfg.length_pool, cfg.window_stride)
     else:
         batches = last_batches(data, train_cfg.batch_size, cfg.sal.max_len, device, cfg.length_pool)
 

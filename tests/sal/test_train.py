@@ -480,15 +480,16 @@ def test_stride_windows_train_every_target_once_with_their_context():
     }
 
 
-def test_stride_needs_objective_all_and_fits_max_len():
+def test_stride_applies_to_objective_all_and_is_capped_at_max_len():
     from mufasa_cli.config import AlignConfig
     from mufasa_cli.errors import RecipeError
 
-    with pytest.raises(RecipeError, match="stride 5 needs --objective all"):
-        AlignConfig(sal=SALConfig(objective="last"), stride=5)
-    with pytest.raises(RecipeError, match="stride 80: must be in"):
-        AlignConfig(sal=SALConfig(objective="all", max_len=50), stride=80)
-    assert AlignConfig(sal=SALConfig(objective="all", max_len=50), stride=50).stride == 50
+    with pytest.raises(RecipeError, match="stride -1: must be >= 0"):
+        AlignConfig(stride=-1)
+    assert AlignConfig(sal=SALConfig(objective="last"), stride=5).window_stride == 0  # one query a user: no windows
+    assert AlignConfig(sal=SALConfig(objective="all", max_len=50), stride=80).window_stride == 50  # end to end
+    assert AlignConfig(sal=SALConfig(objective="all", max_len=50), stride=20).window_stride == 20
+    assert AlignConfig().window_stride == 100 and AlignConfig().sal.max_len == 200  # the built-in default
 
 
 def test_user_batches_without_a_pool_are_the_shuffled_order_cut_in_batches():
