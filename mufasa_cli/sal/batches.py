@@ -56,6 +56,7 @@ def last_batches(data: TrainData, bs: int, max_len: int, device: torch.device, p
             t = torch.as_tensor(np.array(targets))[:, None]
             yield ids.to(device), lengths.to(device), (lengths - 1)[:, None].to(device), t.to(device)
 
+    batches.units = len(sizes)  # one cut per user: an epoch's batches cut the users
     return batches
 
 
@@ -88,4 +89,5 @@ def all_batches(data: TrainData, bs: int, max_len: int, device: torch.device, po
             qpos = torch.arange(ids.shape[1]).expand(len(seqs), -1)
             yield ids.to(device), lengths.to(device), qpos.to(device), targets.to(device)
 
+    batches.units = len(units)  # users, or windows with a stride: what an epoch's batches cut
     return batches

@@ -121,7 +121,8 @@ def run_align(
         model=model,
         train=train_cfg,
         seed=seed,
-        steps_per_epoch=max(1, -(-len(data.train_seqs) // train_cfg.batch_size)),
+        # the schedule's horizon: an epoch's batches of users, or of windows with a stride
+        steps_per_epoch=max(1, -(-batches.units // train_cfg.batch_size)),
         batches=batches,
         step_loss=model,
         validate=valid_metrics,

@@ -478,6 +478,10 @@ def test_stride_windows_train_every_target_once_with_their_context():
         (1, 2): [2, 3],
         (5, 2): [2, 9],
     }
+    # the schedule's horizon counts windows, not users: 6 windows of 2 users, 2 a step -> 3 steps
+    epoch = sal_batches.all_batches(data, 2, 4, torch.device("cpu"), stride=2)
+    assert epoch.units == 6 and len(list(epoch(np.random.default_rng(0)))) == 3
+    assert sal_batches.all_batches(data, 2, 4, torch.device("cpu")).units == 2  # no stride: one unit a user
 
 
 def test_stride_applies_to_objective_all_and_is_capped_at_max_len():
