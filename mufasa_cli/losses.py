@@ -86,10 +86,10 @@ def full_softmax_loss(
     the backward pass recomputes each chunk's logits (ChunkedCrossEntropy): the same loss and
     gradients, memory bounded by the budget instead of growing with R x N."""
     assert u.shape[1] == e_all.shape[1] and targets.shape == u.shape[:1], (u.shape, e_all.shape, targets.shape)
+    scaled = u / tau  # tau folded into u (R, D), not applied to the (R, N) logits
     if u.shape[0] * e_all.shape[0] <= budget:
-        return F.cross_entropy(u @ e_all.T / tau, targets)
-    rows = max(1, budget // e_all.shape[0])
-    return ChunkedCrossEntropy.apply(u / tau, e_all, targets, rows)
+        return F.cross_entropy(scaled @ e_all.T, targets)
+    return ChunkedCrossEntropy.apply(scaled, e_all, targets, max(1, budget // e_all.shape[0]))
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
