@@ -166,7 +166,7 @@ def test_the_built_in_align_default_is_the_general_configuration_and_paper_faith
     default = AlignConfig()
     assert (default.sal.objective, default.sal.dropout, default.item_ids, default.full_softmax) == (
         "all",
-        0.5,
+        0.3,
         True,
         True,
     )
