@@ -45,7 +45,7 @@ def test_align_train_without_a_recipe_trains_the_general_configuration(fused, tm
     assert result.exit_code == 0, result.output
     m = artifacts.verify_stage(run / "align")
     config = m["config"]
-    assert m["objective"] == "all" and config["sal"]["objective"] == "all" and config["sal"]["dropout"] == 0.5
+    assert m["objective"] == "all" and config["sal"]["objective"] == "all" and config["sal"]["dropout"] == 0.3
     assert config["item_ids"] and config["full_softmax"] and (run / "align/item_ids.safetensors").is_file()
     assert invoke("embed", run).exit_code == 0
 
