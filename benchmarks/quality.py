@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in opts.seeds.split(",") if s.strip()]
     if not seeds or len(set(seeds)) != len(seeds):
         parser.error(f"--seeds {opts.seeds!r}: give distinct integers")
-    opts.recipe = (opts.recipe or ROOT / "recipes" / DATASETS[opts.dataset][1]).resolve()
+    own_recipe = (ROOT / "recipes" / DATASETS[opts.dataset][1]).resolve()
+    opts.recipe = (opts.recipe or own_recipe).resolve()
     if not opts.recipe.is_file():
         parser.error(f"--recipe {opts.recipe}: no such file")
     out = opts.out or Path("runs") / f"quality-{opts.dataset}"
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{stem}.md").write_text(text)
     opts.results.mkdir(parents=True, exist_ok=True)
     # another recipe than the dataset's: its own dated file, beside the recipe's
-    named = "" if opts.recipe == (ROOT / "recipes" / DATASETS[opts.dataset][1]).resolve() else f"-{opts.recipe.stem}"
+    named = "" if opts.recipe == own_recipe else f"-{opts.recipe.stem}"
     (opts.results / f"{summary['date']}-{stem}-{opts.dataset}{named}.md").write_text(text)
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     print(text, end="")
