@@ -16,8 +16,10 @@ Objective `last` has one query per user (the paper's); `all` makes every positio
 query. Settings: `default` (block 8, top-4, the paper's window of 4 / 8) and `long` (block 32,
 top-8, window 64). Each point runs in a fresh child process, timed as the median of --repeat
 steps after one warm-up step. Peak memory: on CPU the growth of the process's peak resident
-size from just before the first step (inputs and weights already made) to the end; on CUDA,
-torch's peak allocation.
+size from just before the first step (inputs and weights already made) to the end, and (tensor
+MB) the peak of torch's own allocations during one more step, from the profiler's memory
+events (the RSS also holds what the C allocator keeps after frees); on CUDA, torch's peak
+allocation for both.
 A point that runs out of memory or past --timeout is reported as not fitting. The ratios
 compare each variant with `sdpa` at the same point, measured in the same run.
 
@@ -118,7 +120,7 @@ def one_point(
     )
 
     def step() -> None:
-        u, _ = encode(z, lengths, qpos)
+        u = encode(z, lengths, qpos)[0]  # the explanation dropped before backward, as align-train does
         u.float().pow(2).sum().backward()
         model.zero_grad(set_to_none=True)
 
@@ -134,8 +136,35 @@ def one_point(
         step()
         sync()
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _rss_mb() - base
-    return {"seconds": sorted(times)[len(times) // 2], "peak_mb": peak}
+    if device.type == "cuda":
+        peak = tensor_peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = _rss_mb() - base
+        tensor_peak = _cpu_tensor_peak_mb(step)
+    return {"seconds": sorted(times)[len(times) // 2], "peak_mb": peak, "tensor_peak_mb": tensor_peak}
+
+
+def _cpu_tensor_peak_mb(step) -> float | None:
+    """The peak of torch's own CPU allocations (live tensors) during one more step, from the
+    profiler's memory events: what torch.cuda.max_memory_allocated reports on a GPU. The RSS
+    peak (peak_mb) also holds what the C allocator keeps after frees; None where the profiler
+    gives no memory events."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    try:
+        events = prof.profiler.kineto_results.events()
+    except AttributeError:
+        return None
+    changes = sorted((e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]")
+    if not changes:
+        return None
+    live = peak = 0
+    for _, change in changes:
+        live += change
+        peak = max(peak, live)
+    return peak / 2**20
 
 
 def embed_point(setting: str, length: int, batch: int, dim: int, repeat: int, device_name: str) -> dict:
@@ -198,13 +227,16 @@ def embed_row(args, setting: str, length: int, bandwidth: float) -> dict:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """speedup = sdpa seconds / variant seconds, memory = variant peak / sdpa peak, same point."""
+    """speedup = sdpa seconds / variant seconds, memory = variant peak / sdpa peak (RSS on CPU),
+    tensor memory = the same for the peak of live tensors, same point."""
     ref = {(r["setting"], r["objective"], r["L"]): r for r in rows if r["variant"] == "sdpa" and r["fits"]}
     for r in rows:
         base = ref.get((r["setting"], r["objective"], r["L"]))
         if r["fits"] and base:
             r["speedup_vs_sdpa"] = base["seconds"] / r["seconds"]
             r["memory_vs_sdpa"] = r["peak_mb"] / max(base["peak_mb"], 1e-9)
+            if r.get("tensor_peak_mb") is not None and base.get("tensor_peak_mb"):
+                r["tensor_memory_vs_sdpa"] = r["tensor_peak_mb"] / base["tensor_peak_mb"]
 
 
 def copy_bandwidth_gbs(device_name: str, mb: int = 256) -> float:
@@ -299,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(text)
 
     out(f"forward + backward, {args.device}, d={args.dim}, B*L = {args.budget}; ratios against sdpa at the same point")
-    head = f"{'setting':<8}{'objective':<10}{'L':>7}{'B':>5}  {'variant':<11}{'seconds':>10}{'peak MB':>10}{'speedup':>9}{'memory':>8}"
+    head = (
+        f"{'setting':<8}{'objective':<10}{'L':>7}{'B':>5}  {'variant':<11}{'seconds':>10}{'peak MB':>10}"
+        f"{'tensor MB':>10}{'speedup':>9}{'memory':>8}{'tensors':>8}"
+    )
     out(head)
     for r in rows:
         lead = f"{r['setting']:<8}{r['objective']:<10}{r['L']:>7}{r['B']:>5}  {r['variant']:<11}"
@@ -308,8 +343,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         speed = f"{r['speedup_vs_sdpa']:>8.2f}x" if "speedup_vs_sdpa" in r else f"{'-':>9}"
         memory = f"{r['memory_vs_sdpa']:>7.2f}x" if r.get("memory_vs_sdpa") is not None else f"{'-':>8}"
-        ratios = speed + memory
-        out(f"{lead}{r['seconds']:>10.4f}{r['peak_mb']:>10.1f}{ratios}")
+        tensors = f"{r['tensor_memory_vs_sdpa']:>7.2f}x" if "tensor_memory_vs_sdpa" in r else f"{'-':>8}"
+        tensor_mb = f"{r['tensor_peak_mb']:>10.1f}" if r.get("tensor_peak_mb") is not None else f"{'-':>10}"
+        out(f"{lead}{r['seconds']:>10.4f}{r['peak_mb']:>10.1f}{tensor_mb}{speed}{memory}{tensors}")
     if embeds:
         out("embed (objective last, forward only, fast kernel): history read against the copy-bandwidth bound")
         out(f"{'setting':<8}{'L':>7}{'B':>6}{'seconds':>10}{'users/s':>10}{'GB/s':>8}{'of bound':>10}")

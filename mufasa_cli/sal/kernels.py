@@ -44,7 +44,7 @@ from mufasa_cli.sal.attention import (
 )
 
 if TYPE_CHECKING:
-    from mufasa_cli.sal.model import SALLayer
+    from mufasa_cli.sal.model import QKV, SALLayer
 
 Fields = dict[str, torch.Tensor]
 
@@ -52,7 +52,8 @@ Fields = dict[str, torch.Tensor]
 @dataclass
 class Inputs:
     """What one layer's branches read: the history rows h (B, L, D), the query rows q (B, Q, D)
-    at positions qpos (B, Q), the lengths (B,), and whether every position is a query."""
+    at positions qpos (B, Q), the lengths (B,), and whether every position is a query with the
+    history row as its query row (q is h: the dense causal ops project h alone)."""
 
     h: torch.Tensor
     q: torch.Tensor
@@ -125,7 +126,7 @@ class Fast(Reference):
     def window(self, layer: SALLayer, x: Inputs) -> tuple[torch.Tensor, Fields]:
         p, windows, H = layer.proj["window"], layer.windows(x.qpos), layer.cfg.num_heads
         if x.dense:
-            return fast.band_window_attention(p.q(x.q), p.k(x.h), p.v(x.h), windows, H, layer.window_recency), {}
+            return fast.band_window_attention(x.h, _maps(p), windows, H, layer.window_recency), {}
         pos, valid = window_positions(x.qpos, windows)
         near = gather_items(x.h, pos)  # (B, Q, W, D)
         bias = window_bias(layer.window_recency, x.qpos, pos)
@@ -158,7 +159,7 @@ class Fast(Reference):
             # a_block of every query, or with shared selection of each query block's first
             every = b if shared else 1
             out, weights = fast.causal_block_attention(
-                p.q(x.q), p.k(vectors), p.v(vectors), mask, b, H, every, slope=layer.block_recency
+                x.h, p.q.weight, p.k(vectors), p.v(vectors), mask, b, H, every, slope=layer.block_recency
             )
             visible = visible_blocks(mask, x.qpos[:, ::every], b, layer.causal)
         else:
@@ -177,7 +178,7 @@ class Fast(Reference):
         p = layer.proj["selective"]
         idx, valid = fast.select_blocks(a_block, visible, cfg.num_selected)  # eq. 10
         if shared and x.dense:  # gather once per query block
-            out = fast.shared_selective_attention(p.q(x.q), p.k(x.h), p.v(x.h), idx, valid, b, H)
+            out = fast.shared_selective_attention(x.h, _maps(p), idx, valid, b, H)
             L = x.h.shape[1]
             return out, {"selected_blocks": _per_query(idx, b, L), "selected_valid": _per_query(valid, b, L)}
         pos, item_ok = selected_positions(idx, valid, x.qpos, b)
@@ -245,6 +246,12 @@ class Compiled(Fast):
 
 
 KERNEL_OPS: dict[str, Reference] = {k.name: k for k in (Reference(), Fast(), Compiled(), Flex())}
+
+
+def _maps(p: QKV) -> fast.Maps:
+    """The weights of a branch's W^Q, W^K, W^V, for the dense causal functions of fast.py,
+    which project the history rows themselves (dense queries are the history rows: x.q is x.h)."""
+    return p.q.weight, p.k.weight, p.v.weight
 
 
 def _upto(x: Inputs) -> torch.Tensor:

@@ -134,7 +134,8 @@ class SALLayer(nn.Module):
             running = (h * real[..., None]).cumsum(1)  # (B, L, D)
             mean = running[torch.arange(B, device=h.device)[:, None], qpos] / (qpos + 1)[..., None].to(h.dtype)
             return mean, Explanation()
-        x = Inputs(h, q, lengths, qpos, fast.dense_queries(qpos, L))
+        # dense: every history row is its own query (q is h), the fast kernel's causal paths
+        x = Inputs(h, q, lengths, qpos, q is h and fast.dense_queries(qpos, L))
         if cfg.attention == "full":
             return self.ops.full(self, x), Explanation()
         outs: dict[str, torch.Tensor] = {}

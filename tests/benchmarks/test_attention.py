@@ -22,8 +22,10 @@ def test_attention_benchmark_reports_every_point_with_ratios_against_sdpa():
     for r in rows:
         assert r["fits"] and r["seconds"] > 0 and r["B"] == max(1, 64 // r["L"])
         assert r["speedup_vs_sdpa"] > 0
+        # the peak of live tensors (profiler memory events) is measured at every point
+        assert r["tensor_peak_mb"] > 0 and r["tensor_memory_vs_sdpa"] > 0
         if r["variant"] == "sdpa":
-            assert r["speedup_vs_sdpa"] == 1.0
+            assert r["speedup_vs_sdpa"] == 1.0 and r["tensor_memory_vs_sdpa"] == 1.0
     (embed,) = report["embed"]
     assert embed["fits"] and embed["L"] == 24 and embed["B"] == 4 and embed["history_bytes"] == 4 * 24 * 64 * 4
     assert embed["of_bound"] == pytest.approx(embed["gb_per_s"] / report["copy_gb_per_s"])
@@ -46,8 +48,11 @@ def test_attention_benchmark_prints_a_table():
         "seconds",
         "peak",
         "MB",
+        "tensor",
+        "MB",
         "speedup",
         "memory",
+        "tensors",
     ]
     assert sum(line.startswith("long") for line in lines) == 3  # sal, sdpa; one embed row
     assert "copy-bandwidth bound" in out and "plain torch copy" in lines[-1]

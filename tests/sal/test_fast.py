@@ -133,17 +133,28 @@ def test_select_blocks_matches_the_reference_order_including_ties():
     assert fast.select_blocks(a, visible, 3)[0][0].tolist() == [5, 2, 1]  # ties: the more recent first
 
 
+def _rows_and_maps(g: torch.Generator, L: int, users: int = 2) -> list[torch.Tensor]:
+    """History rows h (users, L, D) and the (D, D) weights of W^Q, W^K, W^V, float64, with gradients."""
+    shapes = [(users, L, D), (D, D), (D, D), (D, D)]
+    return [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+
+
+def _projected(h, *maps):
+    """q, k, v = h W^T for each map, as the reference takes them."""
+    return [h @ w.T for w in maps]
+
+
 @pytest.mark.parametrize("slice_floats", [1, 1 << 20])  # one chunk per slice; all in one
 @pytest.mark.parametrize("L", [1, 3, 8, 9, 23])
 def test_band_window_equals_the_gathered_window(monkeypatch, L, slice_floats):
     """Outputs and gradients (recomputed slice by slice in the backward pass)."""
     monkeypatch.setattr(fast._BandWindow, "SLICE_FLOATS", slice_floats)
     g = torch.Generator().manual_seed(L)
-    x = [torch.randn(2, L, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    x = _rows_and_maps(g, L)  # h and W^Q, W^K, W^V: the function projects h itself
     qpos = torch.arange(L).expand(2, L)
     for windows in (A.paper_window_sizes(qpos + 1), torch.full((2, L), 3), torch.randint(1, 6, (2, L), generator=g)):
-        ref, _ = A.window_attention(*x, qpos, windows, H)
-        out = fast.band_window_attention(*x, windows, H)
+        ref, _ = A.window_attention(*_projected(*x), qpos, windows, H)
+        out = fast.band_window_attention(x[0], x[1:], windows, H)
         torch.testing.assert_close(out, ref)
         d_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
         for got, want in zip(torch.autograd.grad(out, x, d_out), torch.autograd.grad(ref, x, d_out), strict=True):
@@ -154,13 +165,13 @@ def test_band_window_equals_the_gathered_window(monkeypatch, L, slice_floats):
 def test_chunked_causal_block_attention_equals_the_masked_dense_one(chunk):
     g = torch.Generator().manual_seed(chunk)
     L, nB = 23, 6  # the last block is partial; positions 0..b-2 see no block (zero rows)
-    q = torch.randn(2, L, D, generator=g, dtype=torch.float64)
-    k, v = (torch.randn(2, nB, D, generator=g, dtype=torch.float64) for _ in range(2))
+    h, w_q = _rows_and_maps(g, L)[:2]  # the function projects the queries h W^Q itself
+    k, v = (torch.randn(2, nB, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
     block_mask = torch.tensor([[True] * 6, [True, True, True, False, False, False]])  # user 2: 3 blocks
     qpos = torch.arange(L).expand(2, L)
     visible = A.visible_blocks(block_mask, qpos, b, causal=True)
-    x = [t.clone().requires_grad_() for t in (q, k, v)]
-    ref, ref_a = A.block_attention(*x, visible, H)
+    x = [h, w_q, k, v]
+    ref, ref_a = A.block_attention(h @ w_q.T, k, v, visible, H)
     d_out = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     ref_grads = torch.autograd.grad(ref, x, d_out)
     for every in (1, 2) if chunk == 2 else (1, 4):
@@ -176,7 +187,8 @@ def test_chunked_causal_block_attention_equals_the_masked_dense_one(chunk):
 def test_chunked_causal_block_attention_passes_gradcheck():
     g = torch.Generator().manual_seed(3)
     L, nB = 11, 3
-    x = [torch.randn(1, n, D, generator=g, dtype=torch.float64, requires_grad=True) for n in (L, nB, nB)]
+    shapes = [(1, L, D), (D, D), (1, nB, D), (1, nB, D)]  # h, W^Q, block keys, block values
+    x = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
     block_mask = torch.tensor([[True, True, True]])
     assert torch.autograd.gradcheck(lambda *t: fast.causal_block_attention(*t, block_mask, b, H, chunk=4)[0], x)
 
@@ -188,8 +200,8 @@ def test_shared_selective_attends_exactly_the_items_of_the_query_blocks_selectio
     monkeypatch.setattr(fast._SelectedBlocks, "GROUP_FLOATS", group_floats)
     g = torch.Generator().manual_seed(7)
     L = 14  # query blocks 0..3, the last partial
-    x = [torch.randn(2, L, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    q, k, v = x
+    x = _rows_and_maps(g, L)  # h and W^Q, W^K, W^V: the function projects h itself
+    q, k, v = _projected(*x)
     idx = torch.tensor([[[0, 1], [0, 1], [1, 0], [2, 0]], [[0, 0], [0, 1], [0, 1], [2, 1]]])  # (2, nG, 2)
     ok = torch.tensor(
         [
@@ -197,7 +209,7 @@ def test_shared_selective_attends_exactly_the_items_of_the_query_blocks_selectio
             [[False, False], [True, False], [True, True], [True, True]],
         ]
     )
-    out = fast.shared_selective_attention(q, k, v, idx, ok, b, H)
+    out = fast.shared_selective_attention(x[0], x[1:], idx, ok, b, H)
     ref = torch.zeros_like(out)
     for u in range(2):
         for t in range(L):

@@ -134,21 +134,27 @@ def test_flex_kernel_runs_a_recency_layer_the_fast_way():
 
 def test_banded_window_attention_with_a_slope_passes_gradcheck():
     g = torch.Generator().manual_seed(4)
-    x = [torch.randn(2, 11, D, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    shapes = [(2, 11, D), (D, D), (D, D), (D, D)]  # h, W^Q, W^K, W^V
+    x = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
     slope = torch.tensor([0.4, -0.3], dtype=torch.float64, requires_grad=True)
     windows = torch.randint(1, 5, (2, 11), generator=g)
-    assert torch.autograd.gradcheck(lambda q, k, v, s: fast.band_window_attention(q, k, v, windows, H, s), (*x, slope))
+
+    def out(h, w_q, w_k, w_v, s):
+        return fast.band_window_attention(h, (w_q, w_k, w_v), windows, H, s)
+
+    assert torch.autograd.gradcheck(out, (*x, slope))
 
 
 def test_chunked_block_attention_with_a_slope_passes_gradcheck():
     g = torch.Generator().manual_seed(3)
     L, nB = 11, 3
-    x = [torch.randn(1, n, D, generator=g, dtype=torch.float64, requires_grad=True) for n in (L, nB, nB)]
+    shapes = [(1, L, D), (D, D), (1, nB, D), (1, nB, D)]  # h, W^Q, block keys, block values
+    x = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
     slope = torch.tensor([0.4, -0.3], dtype=torch.float64, requires_grad=True)
     block_mask = torch.tensor([[True, True, True]])
 
-    def out(q, k, v, s):
-        return fast.causal_block_attention(q, k, v, block_mask, b, H, chunk=4, slope=s)[0]
+    def out(h, w_q, k, v, s):
+        return fast.causal_block_attention(h, w_q, k, v, block_mask, b, H, chunk=4, slope=s)[0]
 
     assert torch.autograd.gradcheck(out, (*x, slope))
 
